@@ -1,0 +1,386 @@
+//! The box's settings: defaults, then `LANVAN_*` environment variables, then the TOML file
+//! named by `--config`, then command-line flags (each later source wins).
+//! Every limit a client could push against lives here, so memory is a budget set at start.
+//! Never read after start-up: the running box gets an immutable copy.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// All settings of `lanvan serve`. Field names are the TOML keys; the environment variable
+/// of `http.max_connections` is `LANVAN_HTTP_MAX_CONNECTIONS`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on; `[::]:8080` listens on IPv6 and IPv4 alike.
+    pub listen: String,
+    /// Folder for stored files and unfinished uploads; created if missing.
+    pub data_dir: PathBuf,
+    /// error, warn, info, debug or trace.
+    pub log_level: String,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub ws: WsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds a client has to send a whole request head.
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may stall between two reads.
+    pub body_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection is kept open.
+    pub keepalive_timeout_secs: u64,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    #[serde(with = "bytesize")]
+    pub max_header_bytes: u64,
+    /// Open TCP connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Largest JSON request body, in bytes.
+    #[serde(with = "bytesize")]
+    pub max_json_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Chunk size the box hands out for uploads (grown for huge files to stay under max_chunks).
+    #[serde(with = "bytesize")]
+    pub chunk_size: u64,
+    /// Largest chunk size, and so the largest chunk body held in memory per request.
+    #[serde(with = "bytesize")]
+    pub max_chunk_size: u64,
+    /// Chunks per upload at most; with max_chunk_size this caps the file size.
+    pub max_chunks: u32,
+    /// Bytes of stored files plus open uploads at most; 0 means only free space limits.
+    #[serde(with = "bytesize")]
+    pub quota: u64,
+    /// Free space always left on the disk.
+    #[serde(with = "bytesize")]
+    pub min_free: u64,
+    /// Unfinished uploads at most.
+    pub max_open_uploads: usize,
+    /// Hours an unfinished upload is kept before it is deleted.
+    pub upload_ttl_hours: u64,
+    /// Stored files at most.
+    pub max_files: usize,
+    /// Longest file name, in bytes of UTF-8.
+    pub max_name_bytes: usize,
+    /// Chunk bodies in memory at once across all uploads (each up to max_chunk_size).
+    pub max_chunks_in_flight: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Largest WebSocket message accepted, in bytes.
+    #[serde(with = "bytesize")]
+    pub max_message_bytes: u64,
+    /// Messages queued for one device at most; a device that falls this far behind is dropped.
+    pub send_queue: usize,
+    /// Seconds between pings the box sends.
+    pub heartbeat_interval_secs: u64,
+    /// Seconds of silence after which a socket is considered dead.
+    pub heartbeat_timeout_secs: u64,
+    /// Devices connected at once at most.
+    pub max_devices: usize,
+    /// Largest clipboard text, in bytes.
+    #[serde(with = "bytesize")]
+    pub clipboard_max_bytes: u64,
+    /// Clipboard items kept in the history.
+    pub clipboard_history: usize,
+    /// Messages per second one device may send (bursts of twice that are allowed).
+    pub messages_per_sec: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".into(),
+            data_dir: PathBuf::from("lanvan-data"),
+            log_level: "info".into(),
+            http: HttpConfig::default(),
+            store: StoreConfig::default(),
+            ws: WsConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            keepalive_timeout_secs: 60,
+            max_header_bytes: 16 * 1024,
+            max_connections: 256,
+            max_json_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            chunk_size: 1 << 20,
+            max_chunk_size: 16 << 20,
+            max_chunks: 1 << 16,
+            quota: 0,
+            min_free: 16 << 20,
+            max_open_uploads: 64,
+            upload_ttl_hours: 48,
+            max_files: 10_000,
+            max_name_bytes: 200,
+            max_chunks_in_flight: 8,
+        }
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_message_bytes: 256 * 1024,
+            send_queue: 256,
+            heartbeat_interval_secs: 5,
+            heartbeat_timeout_secs: 15,
+            max_devices: 64,
+            clipboard_max_bytes: 64 * 1024,
+            clipboard_history: 20,
+            messages_per_sec: 50,
+        }
+    }
+}
+
+/// A setting that could not be used, with what to change.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Builds the settings from the environment (`LANVAN_*`), an optional TOML file and
+    /// `key=value` overrides from the command line, in rising precedence.
+    pub fn load(
+        env: impl IntoIterator<Item = (String, String)>,
+        file: Option<&std::path::Path>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError(format!("default settings: {e}")))?;
+        let keys = leaf_keys(&table);
+        let env: std::collections::HashMap<String, String> = env.into_iter().collect();
+        for key in &keys {
+            let var = format!("LANVAN_{}", key.replace('.', "_").to_uppercase());
+            if let Some(value) = env.get(&var) {
+                set_key(&mut table, key, parse_value(value));
+            }
+        }
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+            let from_file: toml::Table = text
+                .parse()
+                .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+            merge(&mut table, from_file);
+        }
+        for (key, value) in overrides {
+            if !keys.contains(key) {
+                return Err(ConfigError(format!(
+                    "unknown setting `{key}`; `lanvan config` lists them all"
+                )));
+            }
+            set_key(&mut table, key, parse_value(value));
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("settings: {e}")))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rejects combinations the box cannot run with.
+    fn check(&self) -> Result<(), ConfigError> {
+        let s = &self.store;
+        if s.chunk_size < 4096 || s.chunk_size > s.max_chunk_size {
+            return Err(ConfigError(
+                "store.chunk_size must be at least 4 KiB and at most store.max_chunk_size".into(),
+            ));
+        }
+        if s.max_chunks == 0 || s.max_chunks_in_flight == 0 {
+            return Err(ConfigError(
+                "store.max_chunks and store.max_chunks_in_flight must be at least 1".into(),
+            ));
+        }
+        if self.ws.send_queue == 0 || self.http.max_connections == 0 {
+            return Err(ConfigError(
+                "ws.send_queue and http.max_connections must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings as TOML, for `lanvan config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Dotted paths of every leaf setting (`http.max_connections`, `listen`, ...).
+fn leaf_keys(table: &toml::Table) -> Vec<String> {
+    let mut keys = Vec::new();
+    for (k, v) in table {
+        match v {
+            toml::Value::Table(inner) => {
+                keys.extend(leaf_keys(inner).into_iter().map(|sub| format!("{k}.{sub}")))
+            }
+            _ => keys.push(k.clone()),
+        }
+    }
+    keys
+}
+
+fn set_key(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        Some((head, rest)) => {
+            if let Some(toml::Value::Table(inner)) = table.get_mut(head) {
+                set_key(inner, rest, value);
+            }
+        }
+        None => {
+            table.insert(key.to_string(), value);
+        }
+    }
+}
+
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// A value from the environment or a flag: a TOML literal if it is one (`42`, `true`),
+/// otherwise the text itself (`0.0.0.0:8080`, `64MiB`).
+fn parse_value(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+/// Byte sizes written as a number or as text with a unit: `65536`, `"64KiB"`, `"8 MiB"`, `"1G"`.
+mod bytesize {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(n),
+            Raw::Text(t) => parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{t}` is not a size; write bytes or a number with KiB, MiB or GiB"
+                ))
+            }),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<u64> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            _ => return None,
+        };
+        n.checked_mul(mult)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(Vec::new(), None, &[]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080");
+        assert_eq!(c.store.chunk_size, 1 << 20);
+    }
+
+    #[test]
+    fn flags_beat_file_beat_env() {
+        let dir = std::env::temp_dir().join(format!("lanvan-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9\"\n[http]\nmax_connections = 7\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("LANVAN_LISTEN", "127.0.0.1:1"),
+            ("LANVAN_HTTP_MAX_CONNECTIONS", "5"),
+            ("LANVAN_STORE_QUOTA", "2MiB"),
+            ("LANVAN_WS_SEND_QUEUE", "3"),
+        ]);
+        let flags = vec![("ws.send_queue".to_string(), "4".to_string())];
+        let c = Config::load(e, Some(&file), &flags).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9");
+        assert_eq!(c.http.max_connections, 7);
+        assert_eq!(c.store.quota, 2 << 20);
+        assert_eq!(c.ws.send_queue, 4);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn unknown_and_bad_settings_are_refused() {
+        let bad = vec![("http.nope".to_string(), "1".to_string())];
+        assert!(Config::load(Vec::new(), None, &bad).is_err());
+        let bad = vec![("store.quota".to_string(), "lots".to_string())];
+        let err = Config::load(Vec::new(), None, &bad).unwrap_err();
+        assert!(err.0.contains("not a size"), "{err}");
+        let bad = vec![("store.chunk_size".to_string(), "100".to_string())];
+        assert!(Config::load(Vec::new(), None, &bad).is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(bytesize::parse("64KiB"), Some(65536));
+        assert_eq!(bytesize::parse("8 MiB"), Some(8 << 20));
+        assert_eq!(bytesize::parse("1g"), Some(1 << 30));
+        assert_eq!(bytesize::parse("12"), Some(12));
+        assert_eq!(bytesize::parse("x"), None);
+    }
+}

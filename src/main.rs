@@ -1,0 +1,94 @@
+//! The `lanvan` command line: `lanvan serve` runs the box; `lanvan config` prints the
+//! settings it would run with. Parses arguments and hands over; holds no logic of its own.
+
+use clap::{Args, Parser, Subcommand};
+use lanvan::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// LANVan turns this machine into a drop-box for its local network: phones and laptops
+/// open it in a browser to drop files, download them and share a clipboard.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the box until SIGINT or SIGTERM.
+    Serve(Settings),
+    /// Print the settings `serve` would use, as TOML (a starting point for --config).
+    Config(Settings),
+}
+
+/// Settings, from lowest to highest precedence: built-in defaults, LANVAN_* environment
+/// variables (e.g. LANVAN_HTTP_MAX_CONNECTIONS=64), the --config file, then these flags.
+#[derive(Args)]
+struct Settings {
+    /// TOML settings file (`lanvan config` prints every key with its default).
+    #[arg(long, short = 'c', env = "LANVAN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0:8080]; [::]:8080 takes IPv6 and IPv4.
+    #[arg(long, short = 'l')]
+    listen: Option<String>,
+    /// Folder for stored files and unfinished uploads, created if missing [default: ./lanvan-data].
+    #[arg(long, short = 'd')]
+    data_dir: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace [default: info].
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Most bytes the box stores (files plus open uploads), e.g. 20GiB; 0 = only free space.
+    #[arg(long)]
+    quota: Option<String>,
+    /// Most open TCP connections [default: 256].
+    #[arg(long)]
+    max_connections: Option<String>,
+    /// Any other setting as KEY=VALUE with a dotted key, e.g. -s ws.send_queue=64. Repeatable.
+    #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl Settings {
+    fn load(self) -> Result<Config, String> {
+        let mut overrides = Vec::new();
+        let named = [
+            ("listen", self.listen),
+            ("data_dir", self.data_dir.map(|p| p.display().to_string())),
+            ("log_level", self.log_level),
+            ("store.quota", self.quota),
+            ("http.max_connections", self.max_connections),
+        ];
+        for (key, value) in named {
+            if let Some(v) = value {
+                overrides.push((key.to_string(), v));
+            }
+        }
+        for kv in self.set {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--set takes KEY=VALUE, got `{kv}`"))?;
+            overrides.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        Config::load(std::env::vars(), self.config.as_deref(), &overrides).map_err(|e| e.0)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(s) => s.load().and_then(|cfg| {
+            lanvan::logger::init(&cfg.log_level);
+            lanvan::net::server::run(cfg).map_err(|e| e.0)
+        }),
+        Command::Config(s) => s.load().map(|cfg| print!("{}", cfg.to_toml())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lanvan: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The smol shell: sockets, timers and signals. It moves bytes and time into the pure
+//! core and the store, and writes out what they answer. Everything here runs on the one
+//! event-loop thread.
+
+pub mod api;
+pub mod http;
+pub mod notify;
+pub mod server;
+pub mod ws;

@@ -1,0 +1,30 @@
+//! systemd's notify protocol without libsystemd: one datagram per state change to the
+//! socket named in `NOTIFY_SOCKET`. Silent when the box is not run by systemd.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+/// Sends `state` (`READY=1`, `WATCHDOG=1`, `STOPPING=1`) if systemd is listening.
+pub fn send(state: &str) {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        if let Some(name) = path.strip_prefix('@') {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            sock.send_to_addr(state.as_bytes(), &addr)
+        } else {
+            sock.send_to(state.as_bytes(), &path)
+        }
+    });
+    if let Err(e) = sent {
+        log::warn!("could not notify systemd ({state}): {e}");
+    }
+}
+
+/// Half of `WATCHDOG_USEC`, if systemd asked for watchdog pings.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}

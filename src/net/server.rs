@@ -1,0 +1,334 @@
+//! The box's event loop: one smol `LocalExecutor` on the main thread accepts connections,
+//! serves HTTP and WebSockets, drives the hub's timers, pings systemd, and shuts down on
+//! SIGINT/SIGTERM. Blocking file work goes to the single disk thread (`store::disk`).
+
+use super::http::{Conn, HeadError, Response, Traffic};
+use super::{api, notify, ws};
+use crate::config::Config;
+use crate::core::hub::{ConnId, Hub, HubLimits, Now};
+use crate::store::{disk::Disk, unix_ms, Store};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use serde_json::json;
+use smol::{Async, LocalExecutor, Timer};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// A frame waiting to be written to one WebSocket.
+pub enum Outbound {
+    Text(Rc<str>),
+    Ping,
+    Close(u16, &'static str),
+}
+
+/// Everything the loop shares between connections. Lives on the loop thread only.
+pub struct App {
+    pub cfg: Config,
+    pub store: Store,
+    pub hub: RefCell<Hub>,
+    pub sockets: RefCell<HashMap<ConnId, smol::channel::Sender<Outbound>>>,
+    pub traffic: Rc<Traffic>,
+    started: Instant,
+    connections: Cell<usize>,
+    next_conn: Cell<ConnId>,
+}
+
+impl App {
+    pub fn now(&self) -> Now {
+        Now {
+            at: Instant::now(),
+            unix_ms: unix_ms(),
+        }
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        let id = self.next_conn.get() + 1;
+        self.next_conn.set(id);
+        id
+    }
+
+    /// Tells every connected device about a change (a file added or deleted).
+    pub fn announce(&self, msg: serde_json::Value) {
+        let mut out = Vec::new();
+        self.hub.borrow_mut().broadcast(&msg, &mut out);
+        self.dispatch(out);
+    }
+
+    /// What `/api/status` reports.
+    pub fn status(&self) -> serde_json::Value {
+        let (rss, threads) = process_stats();
+        let hub = self.hub.borrow();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "threads": threads,
+            "rss_bytes": rss,
+            "connections": self.connections.get(),
+            "devices": hub.device_count(),
+            "open_uploads": self.store.open_uploads(),
+            "stored_files": self.store.list().len(),
+            "stored_bytes": self.store.stored_bytes(),
+            "bytes_in": self.traffic.bytes_in.get(),
+            "bytes_out": self.traffic.bytes_out.get(),
+        })
+    }
+}
+
+/// Resident memory in bytes and thread count of this process, from /proc.
+fn process_stats() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:") * 1024, field("Threads:"))
+}
+
+/// Error that stops the box from starting.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Runs the box until SIGINT or SIGTERM.
+pub fn run(cfg: Config) -> Result<(), StartError> {
+    // Block the stop signals before any thread exists, so every thread inherits the mask
+    // and the signals arrive only through the loop's signalfd.
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGINT);
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals
+        .thread_block()
+        .map_err(|e| StartError(format!("cannot block signals: {e}")))?;
+    let sigfd = SignalFd::with_flags(
+        &stop_signals,
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )
+    .map_err(|e| StartError(format!("cannot open signalfd: {e}")))?;
+
+    let addr: SocketAddr = cfg.listen.parse().map_err(|e| {
+        StartError(format!(
+            "listen address `{}` is not IP:PORT ({e}); for IPv6 write [::]:8080",
+            cfg.listen
+        ))
+    })?;
+    let disk = Disk::start(64);
+    let store = Store::open(&cfg.data_dir, cfg.store.clone(), disk.clone()).map_err(|e| {
+        StartError(format!(
+            "cannot open the data folder {}: {e}",
+            cfg.data_dir.display()
+        ))
+    })?;
+    let listener =
+        TcpListener::bind(addr).map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| StartError(e.to_string()))?;
+    let listener = Async::new(listener).map_err(|e| StartError(e.to_string()))?;
+
+    let ws = &cfg.ws;
+    let hub = Hub::new(HubLimits {
+        max_devices: ws.max_devices,
+        clipboard_max_bytes: ws.clipboard_max_bytes as usize,
+        clipboard_history: ws.clipboard_history,
+        heartbeat_timeout: Duration::from_secs(ws.heartbeat_timeout_secs),
+        messages_per_sec: ws.messages_per_sec,
+        ..HubLimits::default()
+    });
+    let app = Rc::new(App {
+        store,
+        hub: RefCell::new(hub),
+        sockets: RefCell::default(),
+        traffic: Rc::default(),
+        started: Instant::now(),
+        connections: Cell::new(0),
+        next_conn: Cell::new(0),
+        cfg,
+    });
+
+    let ex = LocalExecutor::new();
+    smol::block_on(ex.run(async {
+        log::info!(
+            "LANVan is serving {} — open {} in a browser on this network",
+            app.cfg.data_dir.display(),
+            browser_url(local)
+        );
+        // The port actually bound, on its own line, for scripts and tests that ask for port 0.
+        log::info!("listening on {local}");
+        notify::send("READY=1");
+        if let Some(every) = notify::watchdog_interval() {
+            ex.spawn(async move {
+                loop {
+                    Timer::after(every).await;
+                    notify::send("WATCHDOG=1");
+                }
+            })
+            .detach();
+        }
+        ex.spawn(hub_timers(app.clone())).detach();
+
+        let accept = async {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        ex.spawn(connection(app.clone(), stream, peer)).detach();
+                    }
+                    Err(e) => {
+                        // Out of descriptors, most likely: wait instead of spinning.
+                        log::warn!("accept failed: {e}");
+                        Timer::after(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        };
+        let sigfd = Async::new(sigfd).expect("signalfd is pollable");
+        let stop = async {
+            // nix reports "nothing to read" as Ok(None); the reactor needs WouldBlock.
+            let sig = sigfd
+                .read_with(|fd| match fd.read_signal() {
+                    Ok(Some(info)) => Ok(info),
+                    Ok(None) => Err(std::io::ErrorKind::WouldBlock.into()),
+                    Err(e) => Err(std::io::Error::from(e)),
+                })
+                .await;
+            if let Ok(info) = sig {
+                log::info!("signal {} received, shutting down", info.ssi_signo);
+            }
+        };
+        smol::future::or(accept, stop).await;
+        notify::send("STOPPING=1");
+        drop(listener);
+        // Say goodbye to every device, then let chunk writes already queued reach disk:
+        // the disk thread runs jobs in order, so an empty job behind them is a barrier.
+        let conns: Vec<ConnId> = app.sockets.borrow().keys().copied().collect();
+        for conn in conns {
+            app.close(conn, 1001, "the box is shutting down");
+        }
+        let barrier = disk.run(|| ());
+        smol::future::or(barrier, async {
+            Timer::after(Duration::from_secs(10)).await;
+        })
+        .await;
+        // Let writers send their close frames.
+        Timer::after(Duration::from_millis(100)).await;
+        log::info!("stopped");
+    }));
+    Ok(())
+}
+
+/// Where a person should point a browser: the first LAN address when listening on all.
+fn browser_url(local: SocketAddr) -> String {
+    let ip = if local.ip().is_unspecified() {
+        lan_address().unwrap_or(local.ip())
+    } else {
+        local.ip()
+    };
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{}/", local.port()),
+        v4 => format!("http://{v4}:{}/", local.port()),
+    }
+}
+
+fn lan_address() -> Option<std::net::IpAddr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        let addr = ifa.address?;
+        let v4 = addr.as_sockaddr_in()?.ip();
+        (!v4.is_loopback()).then_some(std::net::IpAddr::V4(v4))
+    })
+}
+
+/// Closes sockets the hub finds silent for too long.
+async fn hub_timers(app: Rc<App>) {
+    loop {
+        let next = app.hub.borrow().poll_timeout();
+        let wait = next
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        Timer::after(wait).await;
+        let mut out = Vec::new();
+        app.hub.borrow_mut().handle_timeout(app.now(), &mut out);
+        app.dispatch(out);
+    }
+}
+
+/// Serves one TCP connection: HTTP requests with keep-alive, or one WebSocket.
+async fn connection(app: Rc<App>, stream: Async<std::net::TcpStream>, peer: SocketAddr) {
+    let http = &app.cfg.http;
+    let stall = Duration::from_secs(http.body_timeout_secs);
+    let _ = stream.get_ref().set_nodelay(true);
+    let mut conn = Conn::new(stream, http.max_header_bytes as usize, app.traffic.clone());
+    if app.connections.get() >= http.max_connections {
+        let resp = api::error(503, "busy", "the box has too many open connections".into());
+        let _ = conn.respond(resp, false, false, stall).await;
+        return;
+    }
+    app.connections.set(app.connections.get() + 1);
+    let _guard = Defer(|| app.connections.set(app.connections.get() - 1));
+    let mut timeout = Duration::from_secs(http.header_timeout_secs);
+    loop {
+        let req = match conn.read_head(timeout).await {
+            Ok(req) => req,
+            Err(HeadError::Closed | HeadError::Timeout | HeadError::Io(_)) => return,
+            Err(HeadError::TooLarge) => {
+                let resp = api::error(
+                    431,
+                    "header_too_large",
+                    format!(
+                        "request heads are limited to {} bytes",
+                        http.max_header_bytes
+                    ),
+                );
+                let _ = conn.respond(resp, false, false, stall).await;
+                return;
+            }
+            Err(HeadError::Bad(msg, status)) => {
+                let _ = conn
+                    .respond(api::error(status, "bad_request", msg), false, false, stall)
+                    .await;
+                return;
+            }
+        };
+        if let Some(device) = req.path.strip_prefix("/ws/") {
+            if req.is_websocket_upgrade() && req.method == "GET" {
+                let device = device.to_string();
+                return ws::serve(app.clone(), conn, req, device).await;
+            }
+        }
+        log::debug!("{peer} {} {}", req.method, req.path);
+        let resp: Response = api::handle(&app, &mut conn, &req).await;
+        // A body the handler did not read must be skipped before the next request; a
+        // large one is not worth reading, so the connection closes instead.
+        let mut keep = req.keep_alive;
+        if conn.body_left() > 0 {
+            keep = keep && conn.body_left() <= 64 * 1024 && conn.skip_body(stall).await.is_ok();
+        }
+        let head_only = req.method == "HEAD";
+        if conn.respond(resp, keep, head_only, stall).await.is_err() || !keep {
+            return;
+        }
+        timeout = Duration::from_secs(http.keepalive_timeout_secs);
+    }
+}
+
+/// Runs a closure when dropped (when a connection task ends or is cancelled).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}

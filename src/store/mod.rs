@@ -1,0 +1,911 @@
+//! The drop-box on disk: finished files under `files/`, unfinished uploads under
+//! `.lanvan/uploads/` (a sparse `.part` file, a chunk journal and a small JSON header).
+//! Lives on the event loop; every blocking file operation goes through the `Disk` thread.
+//! A final name exists only after the whole file is hashed, fsynced and renamed into place.
+
+pub mod disk;
+
+use crate::config::StoreConfig;
+use crate::core::hash::Digest;
+use crate::core::names;
+use crate::core::upload::{self, ChunkSet, Plan};
+use disk::Disk;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A stored file as clients see it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    pub sha256: Digest,
+    /// Unix time in milliseconds when the file was stored.
+    pub modified: u64,
+    /// Name of the device that uploaded it, if known.
+    pub uploaded_by: Option<String>,
+}
+
+/// What went wrong, in terms a client can act on. `net::api` turns these into replies.
+#[derive(Debug)]
+pub enum StoreError {
+    BadName(&'static str),
+    FileNotFound,
+    UploadNotFound,
+    TooLarge {
+        max_size: u64,
+    },
+    NoSpace {
+        needed: u64,
+        available: u64,
+    },
+    QuotaExceeded {
+        needed: u64,
+        quota: u64,
+        used: u64,
+    },
+    TooManyUploads {
+        max: usize,
+    },
+    TooManyFiles {
+        max: usize,
+    },
+    ChunkOutOfRange {
+        index: u32,
+        chunks: u32,
+    },
+    WrongChunkLength {
+        index: u32,
+        expected: u64,
+        got: u64,
+    },
+    ChunkHashMismatch {
+        index: u32,
+        expected: Digest,
+        actual: Digest,
+    },
+    FileHashMismatch {
+        expected: Digest,
+        actual: Digest,
+    },
+    Incomplete {
+        missing: Vec<[u32; 2]>,
+    },
+    Busy,
+    DiskFull,
+    Io(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use StoreError::*;
+        match self {
+            BadName(why) => write!(f, "that file name cannot be used: {why}"),
+            FileNotFound => write!(f, "no such file on the box"),
+            UploadNotFound => write!(f, "no such upload; it may have finished, expired or been cancelled"),
+            TooLarge { max_size } => write!(f, "the file is too large; the box takes files up to {max_size} bytes"),
+            NoSpace { needed, available } => write!(f, "not enough free space on the box: {needed} bytes needed, {available} available"),
+            QuotaExceeded { needed, quota, used } => write!(f, "the box's quota is full: {needed} bytes needed, {used} of {quota} bytes used"),
+            TooManyUploads { max } => write!(f, "the box already has {max} unfinished uploads; finish or cancel some first"),
+            TooManyFiles { max } => write!(f, "the box already holds {max} files; delete some first"),
+            ChunkOutOfRange { index, chunks } => write!(f, "chunk {index} is beyond the end of the upload, which has {chunks} chunks"),
+            WrongChunkLength { index, expected, got } => write!(f, "chunk {index} must be {expected} bytes long, got {got}"),
+            ChunkHashMismatch { index, expected, actual } => write!(f, "chunk {index} was damaged on the way: expected SHA-256 {expected}, received bytes hash to {actual}; send it again"),
+            FileHashMismatch { expected, actual } => write!(f, "the whole file hashes to {actual}, not the declared {expected}"),
+            Incomplete { missing } => write!(f, "the upload still misses chunks {missing:?}"),
+            Busy => write!(f, "the upload is being finished; try again in a moment"),
+            DiskFull => write!(f, "the box's disk is full; the upload is kept and can resume once space is freed"),
+            Io(e) => write!(f, "disk error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        if is_disk_full(&e) {
+            StoreError::DiskFull
+        } else {
+            StoreError::Io(e.to_string())
+        }
+    }
+}
+
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc_enospc) if libc_enospc == nix::errno::Errno::ENOSPC as i32 || libc_enospc == nix::errno::Errno::EDQUOT as i32)
+}
+
+/// A client's request to start (or resume) an upload.
+#[derive(Debug, Deserialize)]
+pub struct NewUpload {
+    pub name: String,
+    pub size: u64,
+    pub sha256: Option<Digest>,
+    pub device_id: Option<String>,
+    pub device_name: Option<String>,
+}
+
+/// An unfinished upload as clients see it.
+#[derive(Debug, Serialize)]
+pub struct UploadStatus {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunks: u32,
+    pub received_chunks: u32,
+    /// Half-open ranges `[start, end)` of chunk indexes still to send.
+    pub missing: Vec<[u32; 2]>,
+    pub sha256: Option<Digest>,
+}
+
+/// Answer to a new upload: either an upload to send chunks to, or the file is already here.
+#[derive(Debug)]
+pub enum Created {
+    New(UploadStatus),
+    Resumed(UploadStatus),
+    AlreadyStored(FileEntry),
+}
+
+/// What `finish` produced.
+#[derive(Debug)]
+pub struct Finished {
+    pub file: FileEntry,
+    /// True when identical bytes were already stored and no new file was made.
+    pub deduplicated: bool,
+}
+
+/// The JSON header of an unfinished upload, kept beside its part file.
+#[derive(Debug, Serialize, Deserialize)]
+struct UploadHeader {
+    id: String,
+    name: String,
+    size: u64,
+    chunk_size: u64,
+    sha256: Option<Digest>,
+    device_id: Option<String>,
+    device_name: Option<String>,
+    created: u64,
+}
+
+/// A running SHA-256 of the upload's first `next` chunks, fed as chunks arrive in order.
+/// It travels with the chunk job that can extend it, so it is never shared between threads.
+struct Prefix {
+    hasher: sha2::Sha256,
+    next: u32,
+}
+
+/// The chunk journal: fixed-size records appended after a chunk's bytes are written.
+struct Journal {
+    file: File,
+    len: u64,
+}
+
+impl Journal {
+    /// Appends one record. On a short write (disk full) the journal is cut back, so it
+    /// never holds a torn record in the middle.
+    fn append(&mut self, index: u32, digest: &Digest) -> io::Result<()> {
+        let rec = upload::encode_record(index, digest);
+        match self.file.write_all_at(&rec, self.len) {
+            Ok(()) => {
+                self.len += rec.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.len);
+                Err(e)
+            }
+        }
+    }
+}
+
+struct Upload {
+    header: UploadHeader,
+    plan: Plan,
+    part: Arc<File>,
+    journal: Arc<Mutex<Journal>>,
+    received: RefCell<ChunkSet>,
+    prefix: RefCell<Option<Prefix>>,
+    /// Chunk writes under way; finish waits until there are none.
+    writing: Cell<u32>,
+    finishing: Cell<bool>,
+}
+
+impl Upload {
+    fn status(&self) -> UploadStatus {
+        let received = self.received.borrow();
+        UploadStatus {
+            id: self.header.id.clone(),
+            name: self.header.name.clone(),
+            size: self.plan.size,
+            chunk_size: self.plan.chunk_size,
+            chunks: self.plan.chunks,
+            received_chunks: received.count(),
+            missing: received.missing_ranges(),
+            sha256: self.header.sha256,
+        }
+    }
+
+    fn received_bytes(&self) -> u64 {
+        let received = self.received.borrow();
+        (0..self.plan.chunks)
+            .filter(|&i| received.contains(i))
+            .map(|i| self.plan.chunk_len(i).unwrap_or(0))
+            .sum()
+    }
+}
+
+/// The drop-box. All methods run on the event loop and borrow its cells only between awaits.
+pub struct Store {
+    files_dir: PathBuf,
+    uploads_dir: PathBuf,
+    index_path: PathBuf,
+    cfg: StoreConfig,
+    disk: Disk,
+    files: RefCell<BTreeMap<String, FileEntry>>,
+    by_hash: RefCell<HashMap<Digest, String>>,
+    uploads: RefCell<HashMap<String, Rc<Upload>>>,
+    /// Final names chosen by finishes still under way, so two finishes never pick one name.
+    claimed_names: RefCell<HashSet<String>>,
+    /// Bounds chunk bodies held in memory at once.
+    chunk_slots: smol::lock::Semaphore,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`, loading the index and every
+    /// unfinished upload. Blocking: call before the loop starts serving.
+    pub fn open(root: &Path, cfg: StoreConfig, disk: Disk) -> io::Result<Store> {
+        let files_dir = root.join("files");
+        let meta = root.join(".lanvan");
+        let uploads_dir = meta.join("uploads");
+        fs::create_dir_all(&files_dir)?;
+        fs::create_dir_all(&uploads_dir)?;
+        let index_path = meta.join("index.json");
+        let store = Store {
+            chunk_slots: smol::lock::Semaphore::new(cfg.max_chunks_in_flight),
+            files_dir,
+            uploads_dir,
+            index_path,
+            cfg,
+            disk,
+            files: RefCell::default(),
+            by_hash: RefCell::default(),
+            uploads: RefCell::default(),
+            claimed_names: RefCell::default(),
+        };
+        store.load_files()?;
+        store.load_uploads()?;
+        Ok(store)
+    }
+
+    /// Builds the file list from `files/`, trusting the index for files whose size and
+    /// time still match, and hashing any other file (one dropped in by hand, or one whose
+    /// finish was cut off before the index was written).
+    fn load_files(&self) -> io::Result<()> {
+        let index: Vec<FileEntry> = fs::read(&self.index_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut known: HashMap<String, FileEntry> =
+            index.into_iter().map(|e| (e.name.clone(), e)).collect();
+        let mut files = self.files.borrow_mut();
+        let mut by_hash = self.by_hash.borrow_mut();
+        let mut rehashed = 0;
+        for dirent in fs::read_dir(&self.files_dir)? {
+            let dirent = dirent?;
+            let meta = dirent.metadata()?;
+            let Some(name) = dirent.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let entry = match known.remove(&name) {
+                Some(e) if e.size == meta.len() => e,
+                old => {
+                    rehashed += 1;
+                    FileEntry {
+                        sha256: hash_file(&dirent.path(), 0)?,
+                        size: meta.len(),
+                        modified,
+                        uploaded_by: old.and_then(|e| e.uploaded_by),
+                        name: name.clone(),
+                    }
+                }
+            };
+            by_hash.entry(entry.sha256).or_insert_with(|| name.clone());
+            files.insert(name, entry);
+        }
+        drop((files, by_hash));
+        if rehashed > 0 || !known.is_empty() {
+            log::info!("indexed {rehashed} new or changed files");
+            write_index(&self.index_path, &self.snapshot())?;
+        }
+        Ok(())
+    }
+
+    /// Reopens every unfinished upload from its header and journal, and deletes the
+    /// ones past their time to live.
+    fn load_uploads(&self) -> io::Result<()> {
+        let ttl_ms = self.cfg.upload_ttl_hours * 3_600_000;
+        let now = unix_ms();
+        let mut uploads = self.uploads.borrow_mut();
+        for dirent in fs::read_dir(&self.uploads_dir)? {
+            let path = dirent?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let header: Option<UploadHeader> = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let Some(header) = header else {
+                log::warn!("removing unreadable upload header {}", path.display());
+                remove_upload_files(&path.with_extension(""));
+                continue;
+            };
+            let base = self.uploads_dir.join(&header.id);
+            if now.saturating_sub(header.created) > ttl_ms {
+                log::info!("upload {} of {:?} expired", header.id, header.name);
+                remove_upload_files(&base);
+                continue;
+            }
+            match self.reopen(header, &base) {
+                Ok(up) => {
+                    uploads.insert(up.header.id.clone(), Rc::new(up));
+                }
+                Err(e) => {
+                    log::warn!("dropping upload {}: {e}", base.display());
+                    remove_upload_files(&base);
+                }
+            }
+        }
+        // Part files without a header belong to nothing.
+        for dirent in fs::read_dir(&self.uploads_dir)? {
+            let path = dirent?.path();
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            if !uploads.contains_key(stem) && path.extension().is_some_and(|e| e != "json") {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        if !uploads.is_empty() {
+            log::info!("{} unfinished uploads can resume", uploads.len());
+        }
+        Ok(())
+    }
+
+    fn reopen(&self, header: UploadHeader, base: &Path) -> io::Result<Upload> {
+        let plan = Plan {
+            size: header.size,
+            chunk_size: header.chunk_size,
+            chunks: header.size.div_ceil(header.chunk_size.max(1)) as u32,
+        };
+        let part = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(base.with_extension("part"))?;
+        let mut journal_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(base.with_extension("journal"))?;
+        let mut bytes = Vec::new();
+        journal_file.read_to_end(&mut bytes)?;
+        let whole = (bytes.len() / upload::RECORD_LEN * upload::RECORD_LEN) as u64;
+        journal_file.set_len(whole)?;
+        let mut received = ChunkSet::new(plan.chunks);
+        for (index, _) in upload::decode_records(&bytes) {
+            received.insert(index);
+        }
+        Ok(Upload {
+            header,
+            plan,
+            part: Arc::new(part),
+            journal: Arc::new(Mutex::new(Journal {
+                file: journal_file,
+                len: whole,
+            })),
+            received: RefCell::new(received),
+            prefix: RefCell::new(None),
+            writing: Cell::new(0),
+            finishing: Cell::new(false),
+        })
+    }
+
+    /// Every stored file, newest first.
+    pub fn list(&self) -> Vec<FileEntry> {
+        let mut v: Vec<FileEntry> = self.files.borrow().values().cloned().collect();
+        v.sort_by(|a, b| b.modified.cmp(&a.modified).then(a.name.cmp(&b.name)));
+        v
+    }
+
+    pub fn file(&self, name: &str) -> Option<FileEntry> {
+        self.files.borrow().get(name).cloned()
+    }
+
+    /// Where a stored file lives on disk.
+    pub fn file_path(&self, name: &str) -> PathBuf {
+        self.files_dir.join(name)
+    }
+
+    pub fn open_uploads(&self) -> usize {
+        self.uploads.borrow().len()
+    }
+
+    pub fn upload_status(&self, id: &str) -> Result<UploadStatus, StoreError> {
+        Ok(self.upload(id)?.status())
+    }
+
+    fn upload(&self, id: &str) -> Result<Rc<Upload>, StoreError> {
+        self.uploads
+            .borrow()
+            .get(id)
+            .cloned()
+            .ok_or(StoreError::UploadNotFound)
+    }
+
+    /// Starts an upload, resumes the matching unfinished one, or, when a file with the
+    /// declared SHA-256 is already stored, says so and stores nothing.
+    pub async fn create(&self, req: NewUpload) -> Result<Created, StoreError> {
+        let name = names::sanitize(&req.name, self.cfg.max_name_bytes)
+            .map_err(|e| StoreError::BadName(e.0))?;
+        if let Some(sha) = req.sha256 {
+            let existing = self.by_hash.borrow().get(&sha).cloned();
+            if let Some(entry) = existing.and_then(|n| self.file(&n)) {
+                return Ok(Created::AlreadyStored(entry));
+            }
+        }
+        let same = self
+            .uploads
+            .borrow()
+            .values()
+            .find(|u| {
+                u.header.name == name
+                    && u.header.size == req.size
+                    && u.header.sha256 == req.sha256
+                    && u.header.device_id == req.device_id
+            })
+            .cloned();
+        if let Some(up) = same {
+            return Ok(Created::Resumed(up.status()));
+        }
+        let plan = Plan::new(
+            req.size,
+            self.cfg.chunk_size,
+            self.cfg.max_chunk_size,
+            self.cfg.max_chunks,
+        )
+        .map_err(|e| StoreError::TooLarge {
+            max_size: e.max_size,
+        })?;
+        if self.uploads.borrow().len() >= self.cfg.max_open_uploads {
+            return Err(StoreError::TooManyUploads {
+                max: self.cfg.max_open_uploads,
+            });
+        }
+        if self.files.borrow().len() >= self.cfg.max_files {
+            return Err(StoreError::TooManyFiles {
+                max: self.cfg.max_files,
+            });
+        }
+        self.check_space(req.size)?;
+
+        let id = new_id();
+        let header = UploadHeader {
+            id: id.clone(),
+            name,
+            size: req.size,
+            chunk_size: plan.chunk_size,
+            sha256: req.sha256,
+            device_id: req.device_id,
+            device_name: req.device_name,
+            created: unix_ms(),
+        };
+        let base = self.uploads_dir.join(&id);
+        let header_json = serde_json::to_vec(&header).map_err(|e| StoreError::Io(e.to_string()))?;
+        let (part, journal) = self
+            .disk
+            .run(move || -> io::Result<(File, File)> {
+                let made = (|| {
+                    let part = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(base.with_extension("part"))?;
+                    let journal = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .open(base.with_extension("journal"))?;
+                    write_atomically(&base.with_extension("json"), &header_json)?;
+                    Ok((part, journal))
+                })();
+                if made.is_err() {
+                    remove_upload_files(&base);
+                }
+                made
+            })
+            .await?;
+        let up = Upload {
+            received: RefCell::new(ChunkSet::new(plan.chunks)),
+            prefix: RefCell::new(Some(Prefix {
+                hasher: sha2::Sha256::new(),
+                next: 0,
+            })),
+            header,
+            plan,
+            part: Arc::new(part),
+            journal: Arc::new(Mutex::new(Journal {
+                file: journal,
+                len: 0,
+            })),
+            writing: Cell::new(0),
+            finishing: Cell::new(false),
+        };
+        let status = up.status();
+        self.uploads.borrow_mut().insert(id, Rc::new(up));
+        Ok(Created::New(status))
+    }
+
+    /// Refuses an upload of `size` more bytes if the disk or the quota cannot hold it
+    /// together with what open uploads still have to write.
+    fn check_space(&self, size: u64) -> Result<(), StoreError> {
+        let pending: u64 = self
+            .uploads
+            .borrow()
+            .values()
+            .map(|u| u.plan.size - u.received_bytes())
+            .sum();
+        let stat = nix::sys::statvfs::statvfs(&self.files_dir)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        let free = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+        let available = free
+            .saturating_sub(pending)
+            .saturating_sub(self.cfg.min_free);
+        if size > available {
+            return Err(StoreError::NoSpace {
+                needed: size,
+                available,
+            });
+        }
+        if self.cfg.quota > 0 {
+            let stored: u64 = self.files.borrow().values().map(|f| f.size).sum();
+            let open: u64 = self.uploads.borrow().values().map(|u| u.plan.size).sum();
+            let used = stored + open;
+            if used + size > self.cfg.quota {
+                return Err(StoreError::QuotaExceeded {
+                    needed: size,
+                    quota: self.cfg.quota,
+                    used,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that chunk `index` of upload `id` may be sent with `len` bytes, before its
+    /// body is read. `Ok(true)` means the chunk is already stored.
+    pub fn check_chunk(&self, id: &str, index: u32, len: u64) -> Result<bool, StoreError> {
+        let up = self.upload(id)?;
+        let expected = up
+            .plan
+            .chunk_len(index)
+            .ok_or(StoreError::ChunkOutOfRange {
+                index,
+                chunks: up.plan.chunks,
+            })?;
+        if len != expected {
+            return Err(StoreError::WrongChunkLength {
+                index,
+                expected,
+                got: len,
+            });
+        }
+        if up.finishing.get() {
+            return Err(StoreError::Busy);
+        }
+        let stored = up.received.borrow().contains(index);
+        Ok(stored)
+    }
+
+    /// Waits for room to hold one more chunk body in memory.
+    pub async fn chunk_slot(&self) -> smol::lock::SemaphoreGuard<'_> {
+        self.chunk_slots.acquire().await
+    }
+
+    /// Stores chunk `index`: on the disk thread, hashes the bytes, refuses them if they do
+    /// not match `expected`, writes them in place and records them in the journal.
+    pub async fn put_chunk(
+        &self,
+        id: &str,
+        index: u32,
+        expected: Digest,
+        data: Vec<u8>,
+    ) -> Result<UploadStatus, StoreError> {
+        if self.check_chunk(id, index, data.len() as u64)? {
+            let actual = self.disk.run(move || Digest::of(&data)).await;
+            if actual != expected {
+                return Err(StoreError::ChunkHashMismatch {
+                    index,
+                    expected,
+                    actual,
+                });
+            }
+            return self.upload_status(id);
+        }
+        let up = self.upload(id)?;
+        let offset = up.plan.offset(index);
+        let part = up.part.clone();
+        let journal = up.journal.clone();
+        let prefix = up.prefix.borrow_mut().take();
+        up.writing.set(up.writing.get() + 1);
+        let (result, prefix) = self
+            .disk
+            .run(move || {
+                let mut prefix = prefix;
+                let actual = Digest::of(&data);
+                if actual != expected {
+                    let err = StoreError::ChunkHashMismatch {
+                        index,
+                        expected,
+                        actual,
+                    };
+                    return (Err(err), prefix);
+                }
+                let written = part
+                    .write_all_at(&data, offset)
+                    .and_then(|()| journal.lock().expect("journal lock").append(index, &actual));
+                if let Err(e) = written {
+                    return (Err(StoreError::from(e)), prefix);
+                }
+                if let Some(p) = prefix.as_mut().filter(|p| p.next == index) {
+                    p.hasher.update(&data);
+                    p.next += 1;
+                }
+                (Ok(()), prefix)
+            })
+            .await;
+        up.writing.set(up.writing.get() - 1);
+        if prefix.is_some() {
+            *up.prefix.borrow_mut() = prefix;
+        }
+        result?;
+        up.received.borrow_mut().insert(index);
+        Ok(up.status())
+    }
+
+    /// Completes an upload: hashes the whole file (reading back only what arrived out of
+    /// order), checks the declared SHA-256, fsyncs, and renames the part file to its final
+    /// name. If identical bytes are already stored, the part file is dropped instead.
+    pub async fn finish(&self, id: &str) -> Result<Finished, StoreError> {
+        let up = self.upload(id)?;
+        if up.finishing.get() || up.writing.get() > 0 {
+            return Err(StoreError::Busy);
+        }
+        if !up.received.borrow().is_complete() {
+            return Err(StoreError::Incomplete {
+                missing: up.received.borrow().missing_ranges(),
+            });
+        }
+        up.finishing.set(true);
+        let result = self.finish_complete(&up).await;
+        up.finishing.set(false);
+        if result.is_ok() {
+            self.uploads.borrow_mut().remove(id);
+        }
+        result
+    }
+
+    async fn finish_complete(&self, up: &Upload) -> Result<Finished, StoreError> {
+        let prefix = up.prefix.borrow_mut().take().unwrap_or(Prefix {
+            hasher: sha2::Sha256::new(),
+            next: 0,
+        });
+        let from = up.plan.offset(prefix.next).min(up.plan.size);
+        let part = up.part.clone();
+        let actual = self
+            .disk
+            .run(move || -> io::Result<Digest> {
+                let mut hasher = prefix.hasher;
+                feed_from(&part, from, &mut hasher)?;
+                part.sync_all()?;
+                Ok(Digest(hasher.finalize().into()))
+            })
+            .await?;
+        if let Some(expected) = up.header.sha256.filter(|e| *e != actual) {
+            return Err(StoreError::FileHashMismatch { expected, actual });
+        }
+        let base = self.uploads_dir.join(&up.header.id);
+        let existing = self.by_hash.borrow().get(&actual).cloned();
+        if let Some(entry) = existing.and_then(|n| self.file(&n)) {
+            self.disk.run(move || remove_upload_files(&base)).await;
+            return Ok(Finished {
+                file: entry,
+                deduplicated: true,
+            });
+        }
+        let name = self.claim_name(&up.header.name);
+        let entry = FileEntry {
+            name: name.clone(),
+            size: up.plan.size,
+            sha256: actual,
+            modified: unix_ms(),
+            uploaded_by: up.header.device_name.clone(),
+        };
+        let target = self.files_dir.join(&name);
+        let files_dir = self.files_dir.clone();
+        let placed = self
+            .disk
+            .run(move || -> io::Result<()> {
+                rename_noreplace(&base.with_extension("part"), &target)?;
+                File::open(&files_dir)?.sync_all()?;
+                remove_upload_files(&base);
+                Ok(())
+            })
+            .await;
+        self.claimed_names.borrow_mut().remove(&name);
+        placed?;
+        self.files.borrow_mut().insert(name.clone(), entry.clone());
+        self.by_hash.borrow_mut().insert(actual, name);
+        self.save_index().await;
+        Ok(Finished {
+            file: entry,
+            deduplicated: false,
+        })
+    }
+
+    /// The requested name, or the first free `name (n)`, reserved until released.
+    fn claim_name(&self, wanted: &str) -> String {
+        let files = self.files.borrow();
+        let mut claimed = self.claimed_names.borrow_mut();
+        let taken = |n: &str| {
+            files.contains_key(n) || claimed.contains(n) || self.files_dir.join(n).exists()
+        };
+        let mut name = wanted.to_string();
+        let mut n = 1;
+        while taken(&name) {
+            name = names::numbered(wanted, n, self.cfg.max_name_bytes);
+            n += 1;
+        }
+        claimed.insert(name.clone());
+        name
+    }
+
+    /// Cancels an unfinished upload and deletes what it had stored.
+    pub async fn cancel(&self, id: &str) -> Result<(), StoreError> {
+        let up = self.upload(id)?;
+        if up.finishing.get() || up.writing.get() > 0 {
+            return Err(StoreError::Busy);
+        }
+        self.uploads.borrow_mut().remove(id);
+        let base = self.uploads_dir.join(id);
+        self.disk.run(move || remove_upload_files(&base)).await;
+        Ok(())
+    }
+
+    /// Deletes a stored file.
+    pub async fn delete(&self, name: &str) -> Result<FileEntry, StoreError> {
+        let entry = self.files.borrow_mut().remove(name);
+        let entry = entry.ok_or(StoreError::FileNotFound)?;
+        {
+            let mut by_hash = self.by_hash.borrow_mut();
+            if by_hash.get(&entry.sha256).map(String::as_str) == Some(name) {
+                by_hash.remove(&entry.sha256);
+            }
+        }
+        let path = self.files_dir.join(name);
+        let removed = self.disk.run(move || fs::remove_file(path)).await;
+        match removed {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => log::warn!("deleting {name:?}: {e}"),
+            _ => {}
+        }
+        self.save_index().await;
+        Ok(entry)
+    }
+
+    fn snapshot(&self) -> Vec<FileEntry> {
+        self.files.borrow().values().cloned().collect()
+    }
+
+    /// Writes the index. A failure is logged, not returned: the files themselves are the
+    /// truth, and the next start re-indexes any file the index misses.
+    async fn save_index(&self) {
+        let path = self.index_path.clone();
+        let entries = self.snapshot();
+        if let Err(e) = self.disk.run(move || write_index(&path, &entries)).await {
+            log::warn!("could not save the file index: {e}");
+        }
+    }
+
+    /// Bytes used by stored files.
+    pub fn stored_bytes(&self) -> u64 {
+        self.files.borrow().values().map(|f| f.size).sum()
+    }
+}
+
+fn write_index(path: &Path, entries: &[FileEntry]) -> io::Result<()> {
+    let json = serde_json::to_vec(entries).map_err(io::Error::other)?;
+    write_atomically(path, &json)
+}
+
+/// Writes `bytes` to a temporary file, fsyncs it and renames it over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+fn remove_upload_files(base: &Path) {
+    for ext in ["part", "journal", "json"] {
+        let _ = fs::remove_file(base.with_extension(ext));
+    }
+}
+
+/// Feeds `file` from byte `from` to its end into `hasher`, 1 MiB at a time.
+fn feed_from(file: &File, mut from: u64, hasher: &mut sha2::Sha256) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read_at(&mut buf, from)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+        from += n as u64;
+    }
+}
+
+/// SHA-256 of a whole file (used at start-up for files the index does not know).
+fn hash_file(path: &Path, from: u64) -> io::Result<Digest> {
+    let mut hasher = sha2::Sha256::new();
+    feed_from(&File::open(path)?, from, &mut hasher)?;
+    Ok(Digest(hasher.finalize().into()))
+}
+
+/// A fresh upload id: 16 random hex digits.
+fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_err()
+    {
+        // No urandom: a clock-and-counter id is still unique within this box.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes = (unix_ms() ^ (n << 48)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
