@@ -45,7 +45,14 @@ fn store_error(e: &StoreError) -> Response {
 
 /// Answers one request. Reads the body itself when the route takes one.
 pub async fn handle(app: &Rc<App>, conn: &mut Conn, req: &Request) -> Response {
-    let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let Some(segments) = req.segments() else {
+        return error(
+            400,
+            "bad_path",
+            "the path is not valid percent-encoded UTF-8".into(),
+        );
+    };
+    let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method.as_str();
     match (method, parts.as_slice()) {
         ("GET" | "HEAD", [""]) => index_page(),

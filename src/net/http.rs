@@ -32,7 +32,8 @@ impl Traffic {
 #[derive(Debug)]
 pub struct Request {
     pub method: String,
-    /// The path, percent-decoded.
+    /// The path as sent, still percent-encoded: split it before decoding, so an encoded
+    /// `/` inside a file name never becomes a separator.
     pub path: String,
     pub query: Option<String>,
     pub headers: Vec<(String, String)>,
@@ -54,6 +55,15 @@ impl Request {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             (k == key).then(|| percent_decode(&v.replace('+', " ")))?
         })
+    }
+
+    /// The path's segments, each percent-decoded. `None` if an escape is broken.
+    pub fn segments(&self) -> Option<Vec<String>> {
+        self.path
+            .trim_start_matches('/')
+            .split('/')
+            .map(percent_decode)
+            .collect()
     }
 
     pub fn is_websocket_upgrade(&self) -> bool {
@@ -209,9 +219,7 @@ impl Conn {
         };
         let mut req = Request {
             method: parsed.method.unwrap_or("GET").to_string(),
-            path: percent_decode(path).ok_or_else(|| {
-                HeadError::Bad("the path is not valid percent-encoded UTF-8".into(), 400)
-            })?,
+            path: path.to_string(),
             query,
             headers: parsed
                 .headers

@@ -59,13 +59,14 @@ impl App {
 
     /// What `/api/status` reports.
     pub fn status(&self) -> serde_json::Value {
-        let (rss, threads) = process_stats();
+        let (rss, rss_peak, threads) = process_stats();
         let hub = self.hub.borrow();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_secs": self.started.elapsed().as_secs(),
             "threads": threads,
             "rss_bytes": rss,
+            "rss_peak_bytes": rss_peak,
             "connections": self.connections.get(),
             "devices": hub.device_count(),
             "open_uploads": self.store.open_uploads(),
@@ -77,8 +78,8 @@ impl App {
     }
 }
 
-/// Resident memory in bytes and thread count of this process, from /proc.
-fn process_stats() -> (u64, u64) {
+/// Resident memory now and at its peak, in bytes, and thread count, from /proc.
+fn process_stats() -> (u64, u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| -> u64 {
         status
@@ -88,7 +89,11 @@ fn process_stats() -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:") * 1024, field("Threads:"))
+    (
+        field("VmRSS:") * 1024,
+        field("VmHWM:") * 1024,
+        field("Threads:"),
+    )
 }
 
 /// Error that stops the box from starting.
@@ -302,10 +307,13 @@ async fn connection(app: Rc<App>, stream: Async<std::net::TcpStream>, peer: Sock
                 return;
             }
         };
-        if let Some(device) = req.path.strip_prefix("/ws/") {
-            if req.is_websocket_upgrade() && req.method == "GET" {
-                let device = device.to_string();
-                return ws::serve(app.clone(), conn, req, device).await;
+        if req.is_websocket_upgrade() && req.method == "GET" {
+            let segments = req.segments().unwrap_or_default();
+            if let [ws, device] = segments.as_slice() {
+                if ws == "ws" {
+                    let device = device.clone();
+                    return ws::serve(app.clone(), conn, req, device).await;
+                }
             }
         }
         log::debug!("{peer} {} {}", req.method, req.path);
