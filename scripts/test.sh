@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit tests and end-to-end tests
+# against the real binary on loopback. Installs what the tests need on a clean machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lanvan-target}"
+
+# The disk-full test runs the box on its own tmpfs in a user+mount namespace (util-linux).
+if ! command -v unshare >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq util-linux
+fi
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt || true
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets
