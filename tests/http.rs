@@ -635,3 +635,15 @@ fn one_gib_upload_keeps_memory_flat() {
         "peak RSS {peak} grew with the file (idle {idle_rss})"
     );
 }
+
+#[test]
+fn serves_on_ipv6_too() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine; nothing to check");
+        return;
+    }
+    let lv = Lanvan::start("ipv6", &["listen=[::1]:0"]);
+    assert!(lv.addr.is_ipv6(), "{}", lv.addr);
+    assert_eq!(lv.upload("six.txt", b"over v6").status, 201);
+    assert_eq!(lv.get("/api/files/six.txt").body, b"over v6");
+}
