@@ -9,11 +9,25 @@ use std::process::ExitCode;
 /// LANVan turns this machine into a drop-box for its local network: phones and laptops
 /// open it in a browser to drop files, download them and share a clipboard.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = OPTIONS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The options of `serve` and `config`, shown by `lanvan --help` too.
+const OPTIONS_HELP: &str = "\
+Options of `lanvan serve` and `lanvan config`:
+  -c, --config <FILE>          TOML settings file (`lanvan config` prints every key) [env: LANVAN_CONFIG]
+  -l, --listen <ADDR>          address to listen on [default: 0.0.0.0:8080]; [::]:8080 takes IPv6 and IPv4
+  -d, --data-dir <DIR>         folder for files and unfinished uploads, created if missing [default: ./lanvan-data]
+      --log-level <LEVEL>      error, warn, info, debug or trace [default: info]
+      --quota <SIZE>           most bytes stored (files plus open uploads), e.g. 20GiB; 0 = only free space
+      --max-connections <N>    most open TCP connections [default: 256]
+  -s, --set <KEY=VALUE>        any other setting with a dotted key, e.g. -s ws.send_queue=64 (repeatable)
+
+Settings are read from defaults, then LANVAN_* environment variables (LANVAN_HTTP_MAX_CONNECTIONS=64),
+then the --config file, then flags; each later source wins. `lanvan serve --help` has the details.";
 
 #[derive(Subcommand)]
 enum Command {

@@ -162,6 +162,18 @@ impl Conn {
         }
     }
 
+    /// Waits up to `idle` for the next request to start. False if none did.
+    pub async fn wait_for_request(&mut self, idle: Duration) -> bool {
+        if self.end > self.start {
+            return true;
+        }
+        smol::future::or(async { self.stream.readable().await.is_ok() }, async {
+            Timer::after(idle).await;
+            false
+        })
+        .await
+    }
+
     /// Reads and parses the next request head, waiting at most `timeout` for all of it.
     pub async fn read_head(&mut self, timeout: Duration) -> Result<Request, HeadError> {
         let deadline = Timer::after(timeout);

@@ -283,9 +283,17 @@ async fn connection(app: Rc<App>, stream: Async<std::net::TcpStream>, peer: Sock
     }
     app.connections.set(app.connections.get() + 1);
     let _guard = Defer(|| app.connections.set(app.connections.get() - 1));
-    let mut timeout = Duration::from_secs(http.header_timeout_secs);
+    let head_timeout = Duration::from_secs(http.header_timeout_secs);
+    let idle = Duration::from_secs(http.keepalive_timeout_secs);
+    let mut first = true;
     loop {
-        let req = match conn.read_head(timeout).await {
+        // Between requests a keep-alive connection may idle; once a head starts, it has
+        // the header timeout to arrive whole, like the first one.
+        if !first && !conn.wait_for_request(idle).await {
+            return;
+        }
+        first = false;
+        let req = match conn.read_head(head_timeout).await {
             Ok(req) => req,
             Err(HeadError::Closed | HeadError::Timeout | HeadError::Io(_)) => return,
             Err(HeadError::TooLarge) => {
@@ -328,7 +336,6 @@ async fn connection(app: Rc<App>, stream: Async<std::net::TcpStream>, peer: Sock
         if conn.respond(resp, keep, head_only, stall).await.is_err() || !keep {
             return;
         }
-        timeout = Duration::from_secs(http.keepalive_timeout_secs);
     }
 }
 

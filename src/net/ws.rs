@@ -16,7 +16,7 @@ use std::net::TcpStream;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long one frame write may stall before the reader is considered gone.
 const WRITE_STALL: Duration = Duration::from_secs(10);
@@ -79,17 +79,28 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
     }
     app.dispatch(out);
 
-    let heartbeat = Duration::from_secs(app.cfg.ws.heartbeat_interval_secs.max(1));
+    // At least two pings per heartbeat timeout, whatever the interval says: with fewer, a
+    // device that only listens would be dropped as silent before it was ever asked.
+    let heartbeat = Duration::from_secs(app.cfg.ws.heartbeat_interval_secs.max(1))
+        .min(Duration::from_secs(app.cfg.ws.heartbeat_timeout_secs) / 2)
+        .max(Duration::from_millis(250));
     let writer = async {
+        // Pings keep their own cadence: traffic to the device must not put them off, or a
+        // device that only listens while others keep it busy would never be asked for a
+        // pong, and would be dropped as silent.
+        let mut next_ping = Instant::now() + heartbeat;
         loop {
             let next = smol::future::or(async { rx.recv().await.ok() }, async {
-                Timer::after(heartbeat).await;
+                Timer::at(next_ping).await;
                 Some(Outbound::Ping)
             })
             .await;
             let (msg, last) = match next {
                 Some(Outbound::Text(t)) => (Message::Text(Utf8Bytes::from(&*t)), false),
-                Some(Outbound::Ping) => (Message::Ping(Default::default()), false),
+                Some(Outbound::Ping) => {
+                    next_ping = Instant::now() + heartbeat;
+                    (Message::Ping(Default::default()), false)
+                }
                 Some(Outbound::Close(code, reason)) => (
                     Message::Close(Some(CloseFrame {
                         code: CloseCode::from(code),
@@ -109,6 +120,7 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
                 break;
             }
         }
+        false
     };
     let reader = async {
         while let Some(frame) = frames.next().await {
@@ -125,7 +137,7 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
                         "message": "binary frames carry relay transfers, which this box does not take yet"});
                     app.send_to(conn_id, msg.to_string().into());
                 }
-                Ok(Message::Close(_)) => break,
+                Ok(Message::Close(_)) => return true,
                 Ok(_) => app.hub.borrow_mut().heard_from(app.now(), conn_id),
                 Err(e) => {
                     // An oversized or malformed frame leaves the stream unusable: say why,
@@ -140,9 +152,28 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
                 }
             }
             app.dispatch(out);
+            // A busy sender's frames are often all readable at once, and smol would let
+            // this loop take them all in one go while the writers it filled wait their
+            // turn: their queues would overflow and readers that keep up would be dropped.
+            // Yielding lets every writer drain what this frame queued before the next.
+            smol::future::yield_now().await;
         }
+        false
     };
-    smol::future::or(reader, writer).await;
+    let peer_closed = smol::future::or(reader, writer).await;
+    if peer_closed {
+        // Answer the client's close frame (tungstenite queued the reply when it read it),
+        // so the client sees a clean close rather than an abnormal one (1006).
+        let _ = super::http::with_stall(
+            async {
+                futures_util::SinkExt::close(&mut sink)
+                    .await
+                    .map_err(io::Error::other)
+            },
+            Duration::from_secs(1),
+        )
+        .await;
+    }
     app.sockets.borrow_mut().remove(&conn_id);
     let mut out = Vec::new();
     app.hub
