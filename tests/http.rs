@@ -17,6 +17,12 @@ fn create(lv: &Lanvan, name: &str, data: &[u8]) -> serde_json::Value {
     r.json()
 }
 
+/// Chunk `i` of `data` cut in chunks of `chunk` bytes (the last one shorter).
+fn chunk_of(data: &[u8], chunk: usize, i: u32) -> &[u8] {
+    let start = i as usize * chunk;
+    &data[start..(start + chunk).min(data.len())]
+}
+
 fn files(lv: &Lanvan) -> Vec<serde_json::Value> {
     lv.get("/api/files").json()["files"]
         .as_array()
@@ -427,7 +433,7 @@ fn a_client_that_vanishes_mid_chunk_can_resume() {
     assert_eq!(r.json()["id"], id.as_str());
     let mut client = lv.client();
     for i in missing(&lv, &id) {
-        let part = &data[i as usize * chunk..((i as usize + 1) * chunk).min(data.len())];
+        let part = chunk_of(&data, chunk, i);
         assert_eq!(client.put_chunk(&id, i, part).status, 200);
     }
     let r = client.send("POST", &format!("/api/uploads/{id}/finish"), &[], b"");
@@ -449,7 +455,7 @@ fn sigkill_mid_upload_then_resume_after_restart() {
         std::thread::spawn(move || {
             let mut c = Client::connect(addr);
             for i in 0..chunks {
-                let part = &data[i as usize * chunk..((i as usize + 1) * chunk).min(data.len())];
+                let part = chunk_of(&data, chunk, i);
                 let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     c.put_chunk(&id, i, part).status
                 }));
@@ -478,7 +484,7 @@ fn sigkill_mid_upload_then_resume_after_restart() {
     );
     let mut client = lv.client();
     for i in left {
-        let part = &data[i as usize * chunk..((i as usize + 1) * chunk).min(data.len())];
+        let part = chunk_of(&data, chunk, i);
         assert_eq!(client.put_chunk(&id, i, part).status, 200);
         assert!(!final_path.exists());
     }
@@ -569,7 +575,7 @@ fn a_full_disk_mid_upload_leaves_everything_intact_and_resumable() {
     std::fs::remove_file(&filler).unwrap();
     let mut client = lv.client();
     for i in missing(&lv, &id) {
-        let part = &data[i as usize * chunk..((i as usize + 1) * chunk).min(data.len())];
+        let part = chunk_of(&data, chunk, i);
         assert_eq!(client.put_chunk(&id, i, part).status, 200);
     }
     let r = client.send("POST", &format!("/api/uploads/{id}/finish"), &[], b"");
