@@ -60,7 +60,7 @@ pub struct StoreConfig {
     pub min_free: u64,
     /// Unfinished uploads at most.
     pub max_open_uploads: usize,
-    /// Hours an unfinished upload is kept before it is deleted.
+    /// Hours an unfinished upload may receive nothing before it is deleted.
     pub upload_ttl_hours: u64,
     /// Stored files at most.
     pub max_files: usize,
@@ -139,7 +139,9 @@ impl Default for StoreConfig {
 impl Default for WsConfig {
     fn default() -> Self {
         WsConfig {
-            max_message_bytes: 256 * 1024,
+            // Above the hub's own limit for a clipboard message (64 KiB of text, escaped),
+            // so an oversized clipboard gets a `too_large` reply, not a closed socket.
+            max_message_bytes: 512 * 1024,
             send_queue: 256,
             heartbeat_interval_secs: 5,
             heartbeat_timeout_secs: 15,

@@ -118,6 +118,11 @@ fn upload_list_download_round_trip() {
         .send("GET", path, &[("if-none-match", etag.as_str())], b"");
     assert_eq!(cached.status, 304);
     assert!(cached.body.is_empty());
+    assert_eq!(
+        cached.header("content-length"),
+        None,
+        "RFC 9110: none on 304"
+    );
     let head = lv.client().send("HEAD", path, &[], b"");
     assert_eq!(head.status, 200);
     assert_eq!(
@@ -158,7 +163,7 @@ fn identical_bytes_are_stored_once_and_names_get_numbers() {
         assert_eq!(client.put_chunk(&id, i as u32, part).status, 200);
     }
     let done = client.send("POST", &format!("/api/uploads/{id}/finish"), &[], b"");
-    assert_eq!(done.status, 201);
+    assert_eq!(done.status, 200, "nothing new was created");
     assert_eq!(done.json()["deduplicated"], true);
     assert_eq!(done.json()["file"]["name"], "a.txt");
     assert_eq!(files(&lv).len(), 1);
@@ -192,7 +197,7 @@ fn hostile_names_stay_inside_the_store() {
     let r = lv.upload(&long, b"z");
     let name = r.json()["file"]["name"].as_str().unwrap().to_string();
     assert!(name.len() <= 200 && name.ends_with(".txt"), "{name}");
-    for bad in ["..", ".", "/", "a/", "\u{1}"] {
+    for bad in ["..", ".", "/", "a/", "\u{1}", ". .", ".. ."] {
         let r = lv.json("POST", "/api/uploads", &json!({"name": bad, "size": 1}));
         assert_eq!(r.status, 400, "{bad:?}: {r:?}");
         assert_eq!(r.json()["error"], "bad_name");
@@ -320,14 +325,12 @@ fn a_wrong_declared_file_hash_is_caught_at_finish() {
         .send("POST", &format!("/api/uploads/{id}/finish"), &[], b"");
     assert_eq!(r.status, 422);
     assert_eq!(r.json()["error"], "file_hash_mismatch");
+    assert!(r.json()["message"].as_str().unwrap().contains("discarded"));
     assert!(files(&lv).is_empty());
     assert!(!lv.data.join("files/x.bin").exists());
-    // The client can cancel it.
-    let r = lv
-        .client()
-        .send("DELETE", &format!("/api/uploads/{id}"), &[], b"");
-    assert_eq!(r.status, 204);
+    // The bytes can never match the declared hash, so the upload is gone, not stuck.
     assert_eq!(lv.get(&format!("/api/uploads/{id}")).status, 404);
+    assert_eq!(lv.status()["open_uploads"], 0);
 }
 
 #[test]
@@ -362,10 +365,14 @@ fn malformed_requests_get_clear_errors_and_others_are_served() {
     let r = lv.json("POST", "/api/uploads", &json!({"name": "n"}));
     assert_eq!(r.status, 400, "size missing");
     assert_eq!(lv.get("/nope").status, 404);
+    assert_eq!(lv.get("/api/nope").status, 404);
     assert_eq!(
         lv.client().send("PATCH", "/api/files", &[], b"").status,
         405
     );
+    let head = lv.client().send("HEAD", "/api/status", &[], b"");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
 
     // Several requests on one keep-alive connection.
     let mut c = lv.client();
@@ -652,4 +659,79 @@ fn serves_on_ipv6_too() {
     assert!(lv.addr.is_ipv6(), "{}", lv.addr);
     assert_eq!(lv.upload("six.txt", b"over v6").status, 201);
     assert_eq!(lv.get("/api/files/six.txt").body, b"over v6");
+}
+
+#[test]
+fn anonymous_uploads_of_the_same_name_and_size_never_mix() {
+    let lv = Lanvan::start("anon", &[]);
+    let a = lv.json("POST", "/api/uploads", &json!({"name": "n.txt", "size": 5}));
+    let b = lv.json("POST", "/api/uploads", &json!({"name": "n.txt", "size": 5}));
+    assert_eq!((a.status, b.status), (201, 201));
+    assert_ne!(a.json()["id"], b.json()["id"]);
+    // With a device id the same sender resumes its own upload.
+    let body = json!({"name": "m.txt", "size": 5, "device_id": "phone-1"});
+    let c = lv.json("POST", "/api/uploads", &body);
+    let d = lv.json("POST", "/api/uploads", &body);
+    assert_eq!((c.status, d.status), (201, 200));
+    assert_eq!(c.json()["id"], d.json()["id"]);
+}
+
+/// A chunk whose bytes on disk no longer match its journal record (as after a power cut)
+/// is asked for again after a restart instead of ending up in the file.
+#[test]
+fn a_restart_rechecks_stored_chunks_against_their_hashes() {
+    let lv = Lanvan::start("recheck", &["store.chunk_size=64KiB"]);
+    let data = pseudo_random(31, 4 * 64 * 1024);
+    let c = create(&lv, "r.bin", &data);
+    let id = c["id"].as_str().unwrap().to_string();
+    let mut client = lv.client();
+    for i in 0..3 {
+        assert_eq!(
+            client
+                .put_chunk(&id, i, chunk_of(&data, 64 * 1024, i))
+                .status,
+            200
+        );
+    }
+    let mut lv = lv;
+    lv.child.kill().unwrap();
+    lv.child.wait().unwrap();
+    // Damage chunk 1 on disk.
+    let part = lv.data.join(format!(".lanvan/uploads/{id}.part"));
+    let mut bytes = std::fs::read(&part).unwrap();
+    bytes[64 * 1024 + 5] ^= 0xFF;
+    std::fs::write(&part, bytes).unwrap();
+    let lv = lv.kill_and_restart();
+    assert_eq!(missing(&lv, &id), vec![1, 3]);
+    let mut client = lv.client();
+    for i in [1, 3] {
+        assert_eq!(
+            client
+                .put_chunk(&id, i, chunk_of(&data, 64 * 1024, i))
+                .status,
+            200
+        );
+    }
+    let r = client.send("POST", &format!("/api/uploads/{id}/finish"), &[], b"");
+    assert_eq!(r.status, 201);
+    assert_eq!(download_sha(lv.addr, "/api/files/r.bin").2, sha_hex(&data));
+}
+
+#[test]
+fn a_file_changed_by_hand_is_hashed_again_at_start() {
+    let lv = Lanvan::start("rehash", &[]);
+    lv.upload("doc.txt", b"first version");
+    let mut lv = lv;
+    lv.child.kill().unwrap();
+    lv.child.wait().unwrap();
+    // Same size, other bytes, written later; and a file dropped into the folder by hand.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    std::fs::write(lv.data.join("files/doc.txt"), b"other version").unwrap();
+    std::fs::write(lv.data.join("files/dropped.txt"), b"by hand").unwrap();
+    let lv = lv.kill_and_restart();
+    let list = files(&lv);
+    let doc = list.iter().find(|f| f["name"] == "doc.txt").unwrap();
+    assert_eq!(doc["sha256"], sha_hex(b"other version"));
+    let dropped = list.iter().find(|f| f["name"] == "dropped.txt").unwrap();
+    assert_eq!(dropped["sha256"], sha_hex(b"by hand"));
 }

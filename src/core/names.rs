@@ -13,8 +13,8 @@ pub struct BadName(pub &'static str);
 pub fn sanitize(raw: &str, max_bytes: usize) -> Result<String, BadName> {
     let last = raw.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = last.chars().filter(|c| !c.is_control()).collect();
-    let trimmed = cleaned.trim().trim_end_matches('.').trim_end();
-    if trimmed.is_empty() {
+    let trimmed = cleaned.trim().trim_end_matches(['.', ' ']);
+    if trimmed.chars().all(|c| c == '.' || c == ' ') {
         return Err(BadName(
             "the name is empty once path parts and control characters are removed",
         ));
@@ -69,6 +69,8 @@ mod tests {
         assert_eq!(sanitize("a\u{0}b\nc.txt", 200).unwrap(), "abc.txt");
         assert_eq!(sanitize("  report.pdf. ", 200).unwrap(), "report.pdf");
         assert!(sanitize("..", 200).is_err());
+        assert!(sanitize(". .", 200).is_err());
+        assert!(sanitize(".. .", 200).is_err());
         assert!(sanitize(".", 200).is_err());
         assert!(sanitize("dir/", 200).is_err());
         assert!(sanitize("\u{1}\u{2}", 200).is_err());

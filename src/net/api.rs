@@ -53,12 +53,16 @@ pub async fn handle(app: &Rc<App>, conn: &mut Conn, req: &Request) -> Response {
         );
     };
     let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let method = req.method.as_str();
+    // HEAD is GET without the body; `Conn::respond` leaves the body out.
+    let method = match req.method.as_str() {
+        "HEAD" => "GET",
+        m => m,
+    };
     match (method, parts.as_slice()) {
-        ("GET" | "HEAD", [""]) => index_page(),
+        ("GET", [""]) => index_page(),
         ("GET", ["api", "status"]) => Response::json(200, &app.status()),
         ("GET", ["api", "files"]) => Response::json(200, &json!({"files": app.store.list()})),
-        ("GET" | "HEAD", ["api", "files", name]) => download(app, req, name),
+        ("GET", ["api", "files", name]) => download(app, req, name),
         ("DELETE", ["api", "files", name]) => match app.store.delete(name).await {
             Ok(entry) => {
                 app.announce(json!({"type": "file_deleted", "name": entry.name}));
@@ -81,17 +85,23 @@ pub async fn handle(app: &Rc<App>, conn: &mut Conn, req: &Request) -> Response {
                 if !done.deduplicated {
                     app.announce(json!({"type": "file_added", "file": done.file}));
                 }
+                // 200, not 201, when the bytes were already stored and nothing new was made.
+                let status = if done.deduplicated { 200 } else { 201 };
                 Response::json(
-                    201,
+                    status,
                     &json!({"file": done.file, "deduplicated": done.deduplicated}),
                 )
             }
             Err(e) => store_error(&e),
         },
-        (_, ["api", ..]) | (_, [""]) => error(
+        // A path that exists, asked with a method it does not take.
+        (_, [""] | ["api", "status" | "files" | "uploads"])
+        | (_, ["api", "files" | "uploads", _])
+        | (_, ["api", "uploads", _, "finish"])
+        | (_, ["api", "uploads", _, "chunks", _]) => error(
             405,
             "method_not_allowed",
-            format!("{method} is not allowed on {}", req.path),
+            format!("{} is not allowed on {}", req.method, req.path),
         ),
         _ => error(404, "not_found", format!("nothing at {}", req.path)),
     }

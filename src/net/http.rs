@@ -339,12 +339,15 @@ impl Conn {
         stall: Duration,
     ) -> io::Result<()> {
         let mut head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-length: {}\r\nconnection: {}\r\n",
+            "HTTP/1.1 {} {}\r\nconnection: {}\r\n",
             resp.status,
             reason(resp.status),
-            resp.body_len(),
             if keep_alive { "keep-alive" } else { "close" }
         );
+        // 204 and 304 carry no body and, per RFC 9110, no Content-Length of 0.
+        if !matches!(resp.status, 204 | 304) {
+            head.push_str(&format!("content-length: {}\r\n", resp.body_len()));
+        }
         for (k, v) in &resp.headers {
             head.push_str(k);
             head.push_str(": ");

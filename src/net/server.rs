@@ -184,6 +184,14 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             .detach();
         }
         ex.spawn(hub_timers(app.clone())).detach();
+        let expiring = app.clone();
+        ex.spawn(async move {
+            loop {
+                Timer::after(Duration::from_secs(600)).await;
+                expiring.store.expire_uploads().await;
+            }
+        })
+        .detach();
 
         let accept = async {
             loop {

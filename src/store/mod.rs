@@ -99,7 +99,7 @@ impl std::fmt::Display for StoreError {
             ChunkOutOfRange { index, chunks } => write!(f, "chunk {index} is beyond the end of the upload, which has {chunks} chunks"),
             WrongChunkLength { index, expected, got } => write!(f, "chunk {index} must be {expected} bytes long, got {got}"),
             ChunkHashMismatch { index, expected, actual } => write!(f, "chunk {index} was damaged on the way: expected SHA-256 {expected}, received bytes hash to {actual}; send it again"),
-            FileHashMismatch { expected, actual } => write!(f, "the whole file hashes to {actual}, not the declared {expected}"),
+            FileHashMismatch { expected, actual } => write!(f, "the whole file hashes to {actual}, not the declared {expected}; the upload was discarded, start it again"),
             Incomplete { missing } => write!(f, "the upload still misses chunks {missing:?}"),
             Busy => write!(f, "the upload is being finished; try again in a moment"),
             DiskFull => write!(f, "the box's disk is full; the upload is kept and can resume once space is freed"),
@@ -218,6 +218,9 @@ struct Upload {
     /// Chunk writes under way; finish waits until there are none.
     writing: Cell<u32>,
     finishing: Cell<bool>,
+    /// Unix ms of the last chunk stored (or of creation); uploads idle past the time to
+    /// live are deleted.
+    touched: Cell<u64>,
 }
 
 impl Upload {
@@ -323,7 +326,8 @@ impl Store {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
             let entry = match known.remove(&name) {
-                Some(e) if e.size == meta.len() => e,
+                // Two seconds of slack for file systems with coarse times (FAT).
+                Some(e) if e.size == meta.len() && e.modified.abs_diff(modified) <= 2000 => e,
                 old => {
                     rehashed += 1;
                     FileEntry {
@@ -366,12 +370,11 @@ impl Store {
                 continue;
             };
             let base = self.uploads_dir.join(&header.id);
-            if now.saturating_sub(header.created) > ttl_ms {
-                log::info!("upload {} of {:?} expired", header.id, header.name);
-                remove_upload_files(&base);
-                continue;
-            }
             match self.reopen(header, &base) {
+                Ok(up) if now.saturating_sub(up.touched.get()) > ttl_ms => {
+                    log::info!("upload {} of {:?} expired", up.header.id, up.header.name);
+                    remove_upload_files(&base);
+                }
                 Ok(up) => {
                     uploads.insert(up.header.id.clone(), Rc::new(up));
                 }
@@ -413,10 +416,37 @@ impl Store {
         journal_file.read_to_end(&mut bytes)?;
         let whole = (bytes.len() / upload::RECORD_LEN * upload::RECORD_LEN) as u64;
         journal_file.set_len(whole)?;
+        // Trust a journal record only if the bytes on disk still hash to it: after a power
+        // cut a record may have reached the disk before the data it describes did.
         let mut received = ChunkSet::new(plan.chunks);
-        for (index, _) in upload::decode_records(&bytes) {
-            received.insert(index);
+        let mut buf = vec![0u8; plan.chunk_size as usize];
+        let mut damaged = 0;
+        for (index, digest) in upload::decode_records(&bytes) {
+            let Some(len) = plan.chunk_len(index) else {
+                continue;
+            };
+            let chunk = &mut buf[..len as usize];
+            let intact = part.read_exact_at(chunk, plan.offset(index)).is_ok()
+                && Digest::of(chunk) == digest;
+            if intact {
+                received.insert(index);
+            } else {
+                damaged += 1;
+            }
         }
+        if damaged > 0 {
+            log::warn!(
+                "upload {}: {damaged} chunks did not survive on disk and will be asked for again",
+                header.id
+            );
+        }
+        let touched = journal_file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(header.created, |d| d.as_millis() as u64)
+            .max(header.created);
         Ok(Upload {
             header,
             plan,
@@ -429,6 +459,7 @@ impl Store {
             prefix: RefCell::new(None),
             writing: Cell::new(0),
             finishing: Cell::new(false),
+            touched: Cell::new(touched),
         })
     }
 
@@ -475,12 +506,16 @@ impl Store {
                 return Ok(Created::AlreadyStored(entry));
             }
         }
+        // Resuming needs something that says it is the same file from the same sender:
+        // without a device id or a hash, two people's same-sized files could mix.
+        let identified = req.device_id.is_some() || req.sha256.is_some();
         let same = self
             .uploads
             .borrow()
             .values()
             .find(|u| {
-                u.header.name == name
+                identified
+                    && u.header.name == name
                     && u.header.size == req.size
                     && u.header.sha256 == req.sha256
                     && u.header.device_id == req.device_id
@@ -561,6 +596,7 @@ impl Store {
             })),
             writing: Cell::new(0),
             finishing: Cell::new(false),
+            touched: Cell::new(unix_ms()),
         };
         let status = up.status();
         self.uploads.borrow_mut().insert(id, Rc::new(up));
@@ -690,6 +726,7 @@ impl Store {
             *up.prefix.borrow_mut() = prefix;
         }
         result?;
+        up.touched.set(unix_ms());
         up.received.borrow_mut().insert(index);
         Ok(up.status())
     }
@@ -710,8 +747,18 @@ impl Store {
         up.finishing.set(true);
         let result = self.finish_complete(&up).await;
         up.finishing.set(false);
-        if result.is_ok() {
-            self.uploads.borrow_mut().remove(id);
+        match &result {
+            Ok(_) => {
+                self.uploads.borrow_mut().remove(id);
+            }
+            // Every chunk matched its own hash, so the bytes are what the client sent, and
+            // they will never match the declared hash: keeping them would only fail again.
+            Err(StoreError::FileHashMismatch { .. }) => {
+                self.uploads.borrow_mut().remove(id);
+                let base = self.uploads_dir.join(id);
+                self.disk.run(move || remove_upload_files(&base)).await;
+            }
+            Err(_) => {}
         }
         result
     }
@@ -754,9 +801,14 @@ impl Store {
         };
         let target = self.files_dir.join(&name);
         let files_dir = self.files_dir.clone();
+        let part = up.part.clone();
+        let modified = entry.modified;
         let placed = self
             .disk
             .run(move || -> io::Result<()> {
+                // The file's time is the index's time, so a start-up can tell a file
+                // changed by hand from the one the index describes.
+                part.set_modified(UNIX_EPOCH + std::time::Duration::from_millis(modified))?;
                 rename_noreplace(&base.with_extension("part"), &target)?;
                 File::open(&files_dir)?.sync_all()?;
                 remove_upload_files(&base);
@@ -803,6 +855,32 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes unfinished uploads that received nothing for `upload_ttl_hours`, so
+    /// abandoned uploads do not hold disk space forever. Returns how many went.
+    pub async fn expire_uploads(&self) -> usize {
+        let ttl_ms = self.cfg.upload_ttl_hours * 3_600_000;
+        let now = unix_ms();
+        let stale: Vec<String> = self
+            .uploads
+            .borrow()
+            .values()
+            .filter(|u| {
+                now.saturating_sub(u.touched.get()) > ttl_ms
+                    && u.writing.get() == 0
+                    && !u.finishing.get()
+            })
+            .map(|u| u.header.id.clone())
+            .collect();
+        for id in &stale {
+            log::info!(
+                "upload {id} expired after {} hours idle",
+                self.cfg.upload_ttl_hours
+            );
+            let _ = self.cancel(id).await;
+        }
+        stale.len()
+    }
+
     /// Deletes a stored file.
     pub async fn delete(&self, name: &str) -> Result<FileEntry, StoreError> {
         let entry = self.files.borrow_mut().remove(name);
@@ -810,7 +888,18 @@ impl Store {
         {
             let mut by_hash = self.by_hash.borrow_mut();
             if by_hash.get(&entry.sha256).map(String::as_str) == Some(name) {
-                by_hash.remove(&entry.sha256);
+                // Another stored file with the same bytes (one dropped in by hand) keeps
+                // the content known.
+                let twin = self
+                    .files
+                    .borrow()
+                    .values()
+                    .find(|f| f.sha256 == entry.sha256)
+                    .map(|f| f.name.clone());
+                match twin {
+                    Some(t) => by_hash.insert(entry.sha256, t),
+                    None => by_hash.remove(&entry.sha256),
+                };
             }
         }
         let path = self.files_dir.join(name);
