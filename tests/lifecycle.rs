@@ -526,7 +526,7 @@ fn connection_limit_answers_503_and_recovers() {
     let (status, body) = raw_request(lv.addr, "/api/status");
     assert_eq!(status, 503);
     let err: serde_json::Value = serde_json::from_slice(&body).expect("JSON error");
-    assert_eq!(err["error"], "busy", "{err}");
+    assert_eq!(err["error"], "too_many_connections", "{err}");
     assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
 
     // Connections already open are served as usual.
