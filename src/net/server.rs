@@ -285,7 +285,11 @@ async fn connection(app: Rc<App>, stream: Async<std::net::TcpStream>, peer: Sock
     let _ = stream.get_ref().set_nodelay(true);
     let mut conn = Conn::new(stream, http.max_header_bytes as usize, app.traffic.clone());
     if app.connections.get() >= http.max_connections {
-        let resp = api::error(503, "too_many_connections", "the box has too many open connections".into());
+        let resp = api::error(
+            503,
+            "too_many_connections",
+            "the box has too many open connections".into(),
+        );
         let _ = conn.respond(resp, false, false, stall).await;
         return;
     }
