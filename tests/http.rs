@@ -735,3 +735,44 @@ fn a_file_changed_by_hand_is_hashed_again_at_start() {
     let dropped = list.iter().find(|f| f["name"] == "dropped.txt").unwrap();
     assert_eq!(dropped["sha256"], sha_hex(b"by hand"));
 }
+
+/// Chunks may come in any order and over several connections at once (a browser sends
+/// several at a time); the stored file and its hash are the same.
+#[test]
+fn chunks_in_any_order_and_in_parallel_make_the_same_file() {
+    let lv = Lanvan::start("order", &["store.chunk_size=64KiB"]);
+    let chunk = 64 * 1024;
+    let data = pseudo_random(41, 40 * chunk + 99);
+    let c = create(&lv, "ordered.bin", &data);
+    let id = c["id"].as_str().unwrap().to_string();
+    let chunks = c["chunks"].as_u64().unwrap() as u32;
+    // Odd chunks backwards on one connection, even chunks forwards on three at once.
+    let mut client = lv.client();
+    for i in (0..chunks).rev().filter(|i| i % 2 == 1) {
+        assert_eq!(
+            client.put_chunk(&id, i, chunk_of(&data, chunk, i)).status,
+            200
+        );
+    }
+    std::thread::scope(|s| {
+        for lane in 0..3u32 {
+            let (lv, id, data) = (&lv, &id, &data);
+            s.spawn(move || {
+                let mut client = lv.client();
+                for i in (0..chunks).filter(|i| i % 2 == 0 && (i / 2) % 3 == lane) {
+                    assert_eq!(
+                        client.put_chunk(id, i, chunk_of(data, chunk, i)).status,
+                        200
+                    );
+                }
+            });
+        }
+    });
+    let r = client.send("POST", &format!("/api/uploads/{id}/finish"), &[], b"");
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.json()["file"]["sha256"], sha_hex(&data));
+    assert_eq!(
+        download_sha(lv.addr, "/api/files/ordered.bin").2,
+        sha_hex(&data)
+    );
+}

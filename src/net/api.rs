@@ -178,7 +178,7 @@ async fn put_chunk(app: &Rc<App>, conn: &mut Conn, req: &Request, id: &str, n: &
     }
     let _slot = app.store.chunk_slot().await;
     let stall = Duration::from_secs(app.cfg.http.body_timeout_secs);
-    let data = match conn.read_body(stall).await {
+    let (data, actual) = match conn.read_body_hashed(stall).await {
         Ok(d) => d,
         Err(e) => {
             return error(
@@ -188,7 +188,7 @@ async fn put_chunk(app: &Rc<App>, conn: &mut Conn, req: &Request, id: &str, n: &
             )
         }
     };
-    match app.store.put_chunk(id, index, expected, data).await {
+    match app.store.put_chunk(id, index, expected, actual, data).await {
         Ok(s) => Response::json(
             200,
             &json!({"index": index, "received_chunks": s.received_chunks, "chunks": s.chunks}),

@@ -2,6 +2,7 @@
 //! fixed size, bodies read with a deadline per read, responses written with `sendfile` for
 //! stored files. Never buffers more than one request head plus the body a handler asks for.
 
+use crate::core::hash::Digest;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::{Async, Timer};
 use std::cell::Cell;
@@ -280,6 +281,22 @@ impl Conn {
             filled += self.read_some(&mut body[filled..], stall).await?;
         }
         Ok(body)
+    }
+
+    /// Reads the whole body like `read_body`, hashing it as it arrives, a piece of at most
+    /// 64 KiB at a time, so the loop never hashes long in one go.
+    pub async fn read_body_hashed(&mut self, stall: Duration) -> io::Result<(Vec<u8>, Digest)> {
+        use sha2::Digest as _;
+        let mut body = vec![0u8; self.body_left as usize];
+        let mut hasher = sha2::Sha256::new();
+        let mut filled = 0;
+        while filled < body.len() {
+            let end = (filled + 64 * 1024).min(body.len());
+            let n = self.read_some(&mut body[filled..end], stall).await?;
+            hasher.update(&body[filled..filled + n]);
+            filled += n;
+        }
+        Ok((body, Digest(hasher.finalize().into())))
     }
 
     /// Reads and drops what is left of the current body, so the next request can be read.

@@ -34,14 +34,22 @@ impl Disk {
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = smol::channel::bounded(1);
-        let mut job: Option<Job> = Some(Box::new(move || {
+        self.submit(move || {
             let _ = tx.try_send(f());
-        }));
+        })
+        .await;
+        rx.recv().await.expect("the disk thread dropped a job")
+    }
+
+    /// Queues `job` without waiting for it to run. A job that wants to answer early and
+    /// go on working (a chunk write, then hashing) brings its own channel.
+    pub async fn submit(&self, job: impl FnOnce() + Send + 'static) {
+        let mut job: Option<Job> = Some(Box::new(job));
         // The queue is bounded: when it is full, yield to the loop and try again rather
         // than block the loop thread on `send`.
         loop {
             match self.jobs.try_send(job.take().expect("job present")) {
-                Ok(()) => break,
+                Ok(()) => return,
                 Err(mpsc::TrySendError::Full(j)) => {
                     job = Some(j);
                     smol::Timer::after(std::time::Duration::from_millis(1)).await;
@@ -49,6 +57,5 @@ impl Disk {
                 Err(mpsc::TrySendError::Disconnected(_)) => panic!("the disk thread has stopped"),
             }
         }
-        rx.recv().await.expect("the disk thread dropped a job")
     }
 }

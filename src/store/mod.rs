@@ -177,11 +177,67 @@ struct UploadHeader {
     created: u64,
 }
 
-/// A running SHA-256 of the upload's first `next` chunks, fed as chunks arrive in order.
-/// It travels with the chunk job that can extend it, so it is never shared between threads.
-struct Prefix {
+/// The whole file's SHA-256, built on the disk thread in chunk order whatever order the
+/// chunks arrive in: the chunk that fills the gap at `next` is fed from memory, then every
+/// chunk already stored behind it is read back (from the page cache) and fed. So each byte
+/// is hashed once here, and `finish` has nothing left to read. Only the disk thread locks it.
+struct FileHash {
     hasher: sha2::Sha256,
+    /// Chunks `0..next` are in `hasher`.
     next: u32,
+    /// Chunks on disk, as the disk thread knows them.
+    stored: ChunkSet,
+    /// A read-back failed: `finish` hashes the whole file again instead.
+    broken: bool,
+}
+
+impl FileHash {
+    fn new(chunks: u32) -> FileHash {
+        FileHash {
+            hasher: sha2::Sha256::new(),
+            next: 0,
+            stored: ChunkSet::new(chunks),
+            broken: false,
+        }
+    }
+
+    /// Chunk `index`, holding `data`, is on disk.
+    fn add(&mut self, index: u32, data: &[u8], part: &File, plan: &Plan) {
+        self.stored.insert(index);
+        if index == self.next && !self.broken {
+            self.hasher.update(data);
+            self.next += 1;
+            if let Err(e) = self.catch_up(part, plan) {
+                log::warn!("reading a chunk back failed ({e}); the file is hashed at finish");
+                self.broken = true;
+            }
+        }
+    }
+
+    /// Feeds every stored chunk from `next` on, up to the first gap.
+    fn catch_up(&mut self, part: &File, plan: &Plan) -> io::Result<()> {
+        let mut buf = Vec::new();
+        while self.stored.contains(self.next) {
+            buf.resize(plan.chunk_len(self.next).unwrap_or(0) as usize, 0);
+            part.read_exact_at(&mut buf, plan.offset(self.next))?;
+            self.hasher.update(&buf);
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// The digest of the whole part file. Leaves the hash spent (`broken`), so a finish
+    /// that fails later and is tried again hashes from the start.
+    fn finish(&mut self, part: &File, plan: &Plan) -> io::Result<Digest> {
+        if self.broken {
+            self.hasher = sha2::Sha256::new();
+            self.next = 0;
+        }
+        self.broken = true;
+        let mut hasher = std::mem::take(&mut self.hasher);
+        feed_from(part, plan.offset(self.next).min(plan.size), &mut hasher)?;
+        Ok(Digest(hasher.finalize().into()))
+    }
 }
 
 /// The chunk journal: fixed-size records appended after a chunk's bytes are written.
@@ -214,7 +270,7 @@ struct Upload {
     part: Arc<File>,
     journal: Arc<Mutex<Journal>>,
     received: RefCell<ChunkSet>,
-    prefix: RefCell<Option<Prefix>>,
+    hash: Arc<Mutex<FileHash>>,
     /// Chunk writes under way; finish waits until there are none.
     writing: Cell<u32>,
     finishing: Cell<bool>,
@@ -418,18 +474,23 @@ impl Store {
         journal_file.set_len(whole)?;
         // Trust a journal record only if the bytes on disk still hash to it: after a power
         // cut a record may have reached the disk before the data it describes did.
+        // Chunks are checked in index order, so the in-order ones rebuild the file hash
+        // on the way.
+        let records: BTreeMap<u32, Digest> = upload::decode_records(&bytes)
+            .filter(|(i, _)| *i < plan.chunks)
+            .collect();
         let mut received = ChunkSet::new(plan.chunks);
+        let mut hash = FileHash::new(plan.chunks);
         let mut buf = vec![0u8; plan.chunk_size as usize];
         let mut damaged = 0;
-        for (index, digest) in upload::decode_records(&bytes) {
-            let Some(len) = plan.chunk_len(index) else {
-                continue;
-            };
-            let chunk = &mut buf[..len as usize];
+        for (&index, digest) in &records {
+            let len = plan.chunk_len(index).unwrap_or(0) as usize;
+            let chunk = &mut buf[..len];
             let intact = part.read_exact_at(chunk, plan.offset(index)).is_ok()
-                && Digest::of(chunk) == digest;
+                && Digest::of(chunk) == *digest;
             if intact {
                 received.insert(index);
+                hash.add(index, chunk, &part, &plan);
             } else {
                 damaged += 1;
             }
@@ -456,7 +517,7 @@ impl Store {
                 len: whole,
             })),
             received: RefCell::new(received),
-            prefix: RefCell::new(None),
+            hash: Arc::new(Mutex::new(hash)),
             writing: Cell::new(0),
             finishing: Cell::new(false),
             touched: Cell::new(touched),
@@ -583,10 +644,7 @@ impl Store {
             .await?;
         let up = Upload {
             received: RefCell::new(ChunkSet::new(plan.chunks)),
-            prefix: RefCell::new(Some(Prefix {
-                hasher: sha2::Sha256::new(),
-                next: 0,
-            })),
+            hash: Arc::new(Mutex::new(FileHash::new(plan.chunks))),
             header,
             plan,
             part: Arc::new(part),
@@ -669,70 +727,58 @@ impl Store {
         self.chunk_slots.acquire().await
     }
 
-    /// Stores chunk `index`: on the disk thread, hashes the bytes, refuses them if they do
-    /// not match `expected`, writes them in place and records them in the journal.
+    /// Stores chunk `index`, whose bytes hash to `actual` (the shell hashes them as they
+    /// arrive). Refuses them unless that is `expected`; otherwise, on the disk thread,
+    /// writes them in place and records them in the journal, answers, and only then adds
+    /// them to the whole-file hash, so the client sends its next chunk meanwhile.
     pub async fn put_chunk(
         &self,
         id: &str,
         index: u32,
         expected: Digest,
+        actual: Digest,
         data: Vec<u8>,
     ) -> Result<UploadStatus, StoreError> {
+        if actual != expected {
+            return Err(StoreError::ChunkHashMismatch {
+                index,
+                expected,
+                actual,
+            });
+        }
         if self.check_chunk(id, index, data.len() as u64)? {
-            let actual = self.disk.run(move || Digest::of(&data)).await;
-            if actual != expected {
-                return Err(StoreError::ChunkHashMismatch {
-                    index,
-                    expected,
-                    actual,
-                });
-            }
             return self.upload_status(id);
         }
         let up = self.upload(id)?;
-        let offset = up.plan.offset(index);
+        let plan = up.plan;
         let part = up.part.clone();
         let journal = up.journal.clone();
-        let prefix = up.prefix.borrow_mut().take();
+        let hash = up.hash.clone();
+        let (tx, rx) = smol::channel::bounded(1);
         up.writing.set(up.writing.get() + 1);
-        let (result, prefix) = self
-            .disk
-            .run(move || {
-                let mut prefix = prefix;
-                let actual = Digest::of(&data);
-                if actual != expected {
-                    let err = StoreError::ChunkHashMismatch {
-                        index,
-                        expected,
-                        actual,
-                    };
-                    return (Err(err), prefix);
-                }
+        self.disk
+            .submit(move || {
                 let written = part
-                    .write_all_at(&data, offset)
+                    .write_all_at(&data, plan.offset(index))
                     .and_then(|()| journal.lock().expect("journal lock").append(index, &actual));
-                if let Err(e) = written {
-                    return (Err(StoreError::from(e)), prefix);
+                let ok = written.is_ok();
+                let _ = tx.try_send(written);
+                if ok {
+                    let mut hash = hash.lock().expect("file hash lock");
+                    hash.add(index, &data, &part, &plan);
                 }
-                if let Some(p) = prefix.as_mut().filter(|p| p.next == index) {
-                    p.hasher.update(&data);
-                    p.next += 1;
-                }
-                (Ok(()), prefix)
             })
             .await;
+        let written = rx.recv().await.expect("the disk thread dropped a chunk");
         up.writing.set(up.writing.get() - 1);
-        if prefix.is_some() {
-            *up.prefix.borrow_mut() = prefix;
-        }
-        result?;
+        written?;
         up.touched.set(unix_ms());
         up.received.borrow_mut().insert(index);
         Ok(up.status())
     }
 
-    /// Completes an upload: hashes the whole file (reading back only what arrived out of
-    /// order), checks the declared SHA-256, fsyncs, and renames the part file to its final
+    /// Completes an upload: takes the whole-file hash built as chunks were stored, checks
+    /// the declared SHA-256, fsyncs, and renames the part file to its final
     /// name. If identical bytes are already stored, the part file is dropped instead.
     pub async fn finish(&self, id: &str) -> Result<Finished, StoreError> {
         let up = self.upload(id)?;
@@ -764,19 +810,15 @@ impl Store {
     }
 
     async fn finish_complete(&self, up: &Upload) -> Result<Finished, StoreError> {
-        let prefix = up.prefix.borrow_mut().take().unwrap_or(Prefix {
-            hasher: sha2::Sha256::new(),
-            next: 0,
-        });
-        let from = up.plan.offset(prefix.next).min(up.plan.size);
-        let part = up.part.clone();
+        let (part, hash, plan) = (up.part.clone(), up.hash.clone(), up.plan);
+        // Runs behind every chunk job already queued, so the hash is complete but for
+        // chunks that could not be read back.
         let actual = self
             .disk
             .run(move || -> io::Result<Digest> {
-                let mut hasher = prefix.hasher;
-                feed_from(&part, from, &mut hasher)?;
+                let digest = hash.lock().expect("file hash lock").finish(&part, &plan)?;
                 part.sync_all()?;
-                Ok(Digest(hasher.finalize().into()))
+                Ok(digest)
             })
             .await?;
         if let Some(expected) = up.header.sha256.filter(|e| *e != actual) {
