@@ -756,9 +756,9 @@ fn chunks_in_any_order_and_in_parallel_make_the_same_file() {
     }
     std::thread::scope(|s| {
         for lane in 0..3u32 {
-            let (lv, id, data) = (&lv, &id, &data);
+            let (addr, id, data) = (lv.addr, &id, &data);
             s.spawn(move || {
-                let mut client = lv.client();
+                let mut client = Client::connect(addr);
                 for i in (0..chunks).filter(|i| i % 2 == 0 && (i / 2) % 3 == lane) {
                     assert_eq!(
                         client.put_chunk(id, i, chunk_of(data, chunk, i)).status,
