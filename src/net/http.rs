@@ -400,7 +400,10 @@ impl Conn {
     }
 
     /// Sends `len` bytes of `file` from `offset` with sendfile(2): the bytes go from the
-    /// page cache to the socket without passing through this process.
+    /// page cache to the socket without passing through this process. So that a cold file
+    /// on a slow SD card does not stall the loop inside sendfile, the kernel is asked to
+    /// read ahead (`POSIX_FADV_WILLNEED`, which only queues the reads) a window before the
+    /// bytes are needed.
     async fn send_file(
         &mut self,
         file: &File,
@@ -408,9 +411,17 @@ impl Conn {
         len: u64,
         stall: Duration,
     ) -> io::Result<()> {
+        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+        const AHEAD: i64 = 8 << 20;
         let mut off = offset as i64;
         let end = (offset + len) as i64;
+        let mut advised = off;
         while off < end {
+            if off + AHEAD / 2 >= advised && advised < end {
+                let span = AHEAD.min(end - advised);
+                let _ = posix_fadvise(file, advised, span, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+                advised += span;
+            }
             let want = ((end - off) as usize).min(1 << 20);
             let send = self.stream.write_with(|s| {
                 nix::sys::sendfile::sendfile(s.as_fd(), file.as_fd(), Some(&mut off), want)

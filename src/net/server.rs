@@ -70,7 +70,7 @@ impl App {
             "connections": self.connections.get(),
             "devices": hub.device_count(),
             "open_uploads": self.store.open_uploads(),
-            "stored_files": self.store.list().len(),
+            "stored_files": self.store.file_count(),
             "stored_bytes": self.store.stored_bytes(),
             "bytes_in": self.traffic.bytes_in.get(),
             "bytes_out": self.traffic.bytes_out.get(),

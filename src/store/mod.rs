@@ -968,6 +968,11 @@ impl Store {
         }
     }
 
+    /// Stored files.
+    pub fn file_count(&self) -> usize {
+        self.files.borrow().len()
+    }
+
     /// Bytes used by stored files.
     pub fn stored_bytes(&self) -> u64 {
         self.files.borrow().values().map(|f| f.size).sum()
