@@ -617,6 +617,11 @@ impl Hub {
             reply["ref_type"] = Value::String(ref_type);
         }
         send(out, conn, frame(reply));
+        // A well-formed message the box does not handle yet is no sign of a broken client:
+        // a seed client trickling ICE candidates must not be closed for it.
+        if reject.code == "not_implemented" {
+            return;
+        }
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1414,6 +1419,23 @@ mod tests {
             to(&out, 2),
             [json!({"type": "device_left", "device_id": "a"})]
         );
+        assert_eq!(hub.conn_count(), 1);
+    }
+
+    #[test]
+    fn messages_for_later_features_do_not_count_as_abuse() {
+        let clock = Clock::new();
+        let mut hub = Hub::new(HubLimits {
+            max_errors: 3,
+            ..HubLimits::default()
+        });
+        join(&mut hub, clock.at(0), 1, "a");
+        for i in 0..10 {
+            let text = r#"{"type":"ice_candidate","candidate":"c","target":"b","from":"a"}"#;
+            let out = recv(&mut hub, clock.at(i), 1, text);
+            assert_eq!(error_code(&out, 1).as_deref(), Some("not_implemented"));
+            assert!(closes(&out).is_empty());
+        }
         assert_eq!(hub.conn_count(), 1);
     }
 
