@@ -84,6 +84,19 @@ mod tests {
         assert!(s.len() <= 200 && s.ends_with(".jpg"), "{s}");
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, the result names one entry inside the store.
+        #[test]
+        fn any_name_is_safe_or_refused(raw in "\\PC{0,300}", max in 8usize..300) {
+            if let Ok(name) = sanitize(&raw, max) {
+                proptest::prop_assert!(!name.contains('/') && !name.contains('\\'));
+                proptest::prop_assert!(!name.chars().any(char::is_control));
+                proptest::prop_assert!(name != "." && name != "..");
+                proptest::prop_assert!(!name.is_empty() && name.len() <= max);
+            }
+        }
+    }
+
     #[test]
     fn numbered_names() {
         assert_eq!(numbered("photo.jpg", 1, 200), "photo (1).jpg");

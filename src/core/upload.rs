@@ -184,6 +184,38 @@ mod tests {
         assert!(ChunkSet::new(0).is_complete());
     }
 
+    proptest::proptest! {
+        /// The missing ranges and the stored chunks always partition `0..len`.
+        #[test]
+        fn missing_ranges_complement_the_set(len in 0u32..300, picks in proptest::collection::vec(0u32..320, 0..200)) {
+            let mut s = ChunkSet::new(len);
+            for p in picks {
+                s.insert(p);
+            }
+            let mut seen = vec![false; len as usize];
+            for [a, b] in s.missing_ranges() {
+                proptest::prop_assert!(a < b && b <= len);
+                for i in a..b {
+                    proptest::prop_assert!(!s.contains(i) && !seen[i as usize]);
+                    seen[i as usize] = true;
+                }
+            }
+            let stored = (0..len).filter(|&i| s.contains(i)).count() as u32;
+            proptest::prop_assert_eq!(stored, s.count());
+            proptest::prop_assert_eq!(seen.iter().filter(|&&m| m).count() as u32, len - stored);
+        }
+
+        /// Chunks cover the file exactly once, none longer than the chunk size.
+        #[test]
+        fn plans_cover_the_file(size in 0u64..1 << 40) {
+            if let Ok(p) = Plan::new(size, 1 << 20, 16 << 20, 1 << 16) {
+                let total: u64 = (0..p.chunks).map(|i| p.chunk_len(i).unwrap()).sum();
+                proptest::prop_assert_eq!(total, size);
+                proptest::prop_assert!(p.chunks == 0 || p.chunk_len(p.chunks - 1).unwrap() > 0);
+            }
+        }
+    }
+
     #[test]
     fn journal_records_survive_a_torn_tail() {
         let d = Digest::of(b"x");
