@@ -40,6 +40,30 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_lanvan")
 }
 
+/// Starts `cmd` with its stderr lines sent to the returned channel as they arrive
+/// (and echoed when `LANVAN_TEST_LOG` is set).
+pub fn spawn_logged(cmd: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lanvan");
+    let (tx, log) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if std::env::var("LANVAN_TEST_LOG").is_ok() {
+                eprintln!("[box] {line}");
+            }
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, log)
+}
+
 impl Lanvan {
     /// Starts a box with a new data folder and `-s key=value` settings.
     pub fn start(tag: &str, settings: &[&str]) -> Lanvan {
@@ -76,25 +100,7 @@ impl Lanvan {
                 c
             }
         };
-        let mut child = cmd
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lanvan");
-        let (tx, log) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var("LANVAN_TEST_LOG").is_ok() {
-                    eprintln!("[box] {line}");
-                }
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut child, log) = spawn_logged(cmd.env_remove("NOTIFY_SOCKET"));
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
