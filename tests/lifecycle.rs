@@ -215,6 +215,17 @@ fn sigint_closes_sockets_and_exits_zero() {
     stops_cleanly_on(Signal::SIGINT);
 }
 
+/// `lanvan serve` on an ephemeral loopback port with `data` as its folder.
+fn serve_on_loopback(data: &Path) -> Command {
+    lanvan(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn systemd_is_notified_of_ready_watchdog_and_stopping() {
     let dir = temp_dir("life-notify", false);
@@ -222,14 +233,7 @@ fn systemd_is_notified_of_ready_watchdog_and_stopping() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let data = dir.join("data");
-    let mut cmd = lanvan(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let mut cmd = serve_on_loopback(&dir.join("data"));
     cmd.env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "400000");
     let mut p = Proc::spawn(cmd);
@@ -282,14 +286,7 @@ fn systemd_abstract_notify_socket_works_too() {
     let sock = UnixDatagram::bind_addr(&addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let data = temp_dir("life-notify-abstract", false);
-    let mut cmd = lanvan(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let mut cmd = serve_on_loopback(&temp_dir("life-notify-abstract", false));
     cmd.env("NOTIFY_SOCKET", format!("@{name}"));
     let p = Proc::spawn(cmd);
     let mut buf = [0u8; 64];

@@ -387,7 +387,7 @@ impl Store {
                 old => {
                     rehashed += 1;
                     FileEntry {
-                        sha256: hash_file(&dirent.path(), 0)?,
+                        sha256: hash_file(&dirent.path())?,
                         size: meta.len(),
                         modified,
                         uploaded_by: old.and_then(|e| e.uploaded_by),
@@ -1025,9 +1025,9 @@ fn feed_from(file: &File, mut from: u64, hasher: &mut sha2::Sha256) -> io::Resul
 }
 
 /// SHA-256 of a whole file (used at start-up for files the index does not know).
-fn hash_file(path: &Path, from: u64) -> io::Result<Digest> {
+fn hash_file(path: &Path) -> io::Result<Digest> {
     let mut hasher = sha2::Sha256::new();
-    feed_from(&File::open(path)?, from, &mut hasher)?;
+    feed_from(&File::open(path)?, 0, &mut hasher)?;
     Ok(Digest(hasher.finalize().into()))
 }
 
