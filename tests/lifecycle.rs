@@ -286,7 +286,8 @@ fn systemd_abstract_notify_socket_works_too() {
     let sock = UnixDatagram::bind_addr(&addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut cmd = serve_on_loopback(&temp_dir("life-notify-abstract", false));
+    let data = temp_dir("life-notify-abstract", false);
+    let mut cmd = serve_on_loopback(&data);
     cmd.env("NOTIFY_SOCKET", format!("@{name}"));
     let p = Proc::spawn(cmd);
     let mut buf = [0u8; 64];
