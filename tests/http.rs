@@ -776,3 +776,60 @@ fn chunks_in_any_order_and_in_parallel_make_the_same_file() {
         sha_hex(&data)
     );
 }
+
+/// Random bytes, truncated heads and absurd headers on many connections at once: each gets
+/// an error or a closed socket, and the box keeps serving everyone else.
+#[test]
+fn garbage_never_takes_the_box_down() {
+    let lv = Lanvan::start("garbage", &[]);
+    let keep = pseudo_random(51, 70_000);
+    lv.upload("keep.bin", &keep);
+    let heads: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\ncontent-length: -5\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\ncontent-length: 99999999999999999999\r\n\r\n".to_vec(),
+        b"PUT /api/uploads/x/chunks/99999999999 HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc".to_vec(),
+        b"GET /api/files/%ZZ HTTP/1.1\r\n\r\n".to_vec(),
+        b"GET /api/files/%C3%28 HTTP/1.1\r\n\r\n".to_vec(),
+        b"\r\n\r\n\r\n".to_vec(),
+        b"GET /ws/a HTTP/1.1\r\nupgrade: websocket\r\n\r\n".to_vec(),
+        b"POST /api/uploads HTTP/1.1\r\ncontent-length: 10\r\n\r\n{\"name\":".to_vec(),
+        format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(20_000)).into_bytes(),
+        (0..64)
+            .flat_map(|i| format!("h{i}: v\r\n").into_bytes())
+            .collect(),
+    ];
+    std::thread::scope(|s| {
+        for (i, head) in heads.iter().enumerate() {
+            let addr = lv.addr;
+            s.spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+                    .unwrap();
+                let _ = c.write_all(head);
+                let _ = c.write_all(&pseudo_random(i as u64, 3000));
+                let _ = c.shutdown(std::net::Shutdown::Write);
+                let mut sink = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut c, &mut sink);
+                if !sink.is_empty() {
+                    assert!(sink.starts_with(b"HTTP/1.1 "), "{:?}", &sink[..20]);
+                }
+            });
+        }
+        for seed in 0..20u64 {
+            let addr = lv.addr;
+            s.spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+                    .unwrap();
+                let _ = c.write_all(&pseudo_random(seed + 100, 5000));
+                let _ = c.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::Read::read_to_end(&mut c, &mut Vec::new());
+            });
+        }
+    });
+    assert_eq!(
+        download_sha(lv.addr, "/api/files/keep.bin").2,
+        sha_hex(&keep)
+    );
+    assert_eq!(lv.status()["connections"], 1);
+}
