@@ -761,10 +761,6 @@ impl Hub {
     pub fn conn_count(&self) -> usize {
         self.conns.len()
     }
-
-    pub fn limits(&self) -> &HubLimits {
-        &self.limits
-    }
 }
 
 // Building and addressing outgoing frames.

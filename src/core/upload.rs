@@ -112,13 +112,6 @@ impl ChunkSet {
         }
         out
     }
-
-    /// The first chunk not stored, or `len` when all are.
-    pub fn first_missing(&self) -> u32 {
-        (0..self.len)
-            .find(|&i| !self.contains(i))
-            .unwrap_or(self.len)
-    }
 }
 
 /// One journal record: chunk `index` with digest `digest` is on disk. Fixed 36 bytes, so a
@@ -173,14 +166,12 @@ mod tests {
         assert!(s.insert(64));
         assert!(s.insert(129));
         assert_eq!(s.missing_ranges(), vec![[1, 64], [65, 129]]);
-        assert_eq!(s.first_missing(), 1);
         for i in 0..130 {
             s.insert(i);
         }
         assert!(s.is_complete());
         assert_eq!(s.count(), 130);
         assert!(s.missing_ranges().is_empty());
-        assert_eq!(s.first_missing(), 130);
         assert!(ChunkSet::new(0).is_complete());
     }
 

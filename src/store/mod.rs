@@ -294,12 +294,15 @@ impl Upload {
         }
     }
 
+    /// Bytes stored so far: whole chunks, less what the short last chunk lacks.
     fn received_bytes(&self) -> u64 {
         let received = self.received.borrow();
-        (0..self.plan.chunks)
-            .filter(|&i| received.contains(i))
-            .map(|i| self.plan.chunk_len(i).unwrap_or(0))
-            .sum()
+        let plan = &self.plan;
+        let mut bytes = u64::from(received.count()) * plan.chunk_size;
+        if plan.chunks > 0 && received.contains(plan.chunks - 1) {
+            bytes -= plan.chunk_size - plan.chunk_len(plan.chunks - 1).unwrap_or(0);
+        }
+        bytes
     }
 }
 
