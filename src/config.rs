@@ -20,6 +20,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub store: StoreConfig,
     pub ws: WsConfig,
+    pub relay: RelayConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,6 +94,21 @@ pub struct WsConfig {
     pub messages_per_sec: u32,
 }
 
+/// Device-to-device sends through the box.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Memory for the relay's chunk ring, allocated once at start and never grown.
+    #[serde(with = "bytesize")]
+    pub memory: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig { memory: 8 << 20 }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -102,6 +118,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             store: StoreConfig::default(),
             ws: WsConfig::default(),
+            relay: RelayConfig::default(),
         }
     }
 }
