@@ -35,6 +35,25 @@ enum Command {
     Serve(Settings),
     /// Print the settings `serve` would use, as TOML (a starting point for --config).
     Config(Settings),
+    /// List the LANVan boxes on this network (by mDNS): name, address to open, version.
+    Discover(Discover),
+}
+
+/// `lanvan discover`: exits 0 when a box (or the --host name) answered, 1 when none did.
+#[derive(Args)]
+struct Discover {
+    /// Keep listening, and print boxes as they appear and leave, until Ctrl-C.
+    #[arg(long, short = 'w')]
+    watch: bool,
+    /// Milliseconds to listen for answers.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    timeout_ms: u64,
+    /// One JSON object per line (event, name, host, addresses, port, version, id, url).
+    #[arg(long)]
+    json: bool,
+    /// Resolve a host name instead, e.g. --host lanvan.local, and print its addresses.
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
 }
 
 /// Settings, from lowest to highest precedence: built-in defaults, LANVAN_* environment
@@ -97,6 +116,19 @@ fn main() -> ExitCode {
             lanvan::net::server::run(cfg).map_err(|e| e.0)
         }),
         Command::Config(s) => s.load().map(|cfg| print!("{}", cfg.to_toml())),
+        Command::Discover(d) => {
+            let opts = lanvan::net::mdns::DiscoverOptions {
+                timeout: std::time::Duration::from_millis(d.timeout_ms),
+                watch: d.watch,
+                json: d.json,
+                host: d.host,
+            };
+            match lanvan::net::mdns::discover(&opts) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod http;
+pub mod mdns;
+pub mod mdns_query;
 pub mod notify;
 pub mod server;
 pub mod ws;
