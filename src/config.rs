@@ -1,5 +1,6 @@
-//! The box's settings: defaults, then `LANVAN_*` environment variables, then the TOML file
-//! named by `--config`, then command-line flags (each later source wins).
+//! The box's settings: defaults, then the board profile, then `LANVAN_*` environment
+//! variables, then the TOML file named by `--config`, then command-line flags (each later
+//! source wins).
 //! Every limit a client could push against lives here, so memory is a budget set at start.
 //! Never read after start-up: the running box gets an immutable copy.
 
@@ -257,9 +258,23 @@ impl Config {
         file: Option<&std::path::Path>,
         overrides: &[(String, String)],
     ) -> Result<Config, ConfigError> {
+        Config::load_layered(None, env, file, overrides)
+    }
+
+    /// As [`Config::load`], with a board profile's settings (see `board`) as the layer
+    /// between the defaults and the environment.
+    pub fn load_layered(
+        board: Option<toml::Table>,
+        env: impl IntoIterator<Item = (String, String)>,
+        file: Option<&std::path::Path>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let mut table = toml::Table::try_from(Config::default())
             .map_err(|e| ConfigError(format!("default settings: {e}")))?;
         let keys = leaf_keys(&table);
+        if let Some(board) = board {
+            merge(&mut table, board);
+        }
         let env: std::collections::HashMap<String, String> = env.into_iter().collect();
         for key in &keys {
             let var = format!("LANVAN_{}", key.replace('.', "_").to_uppercase());

@@ -25,9 +25,10 @@ Options of `lanvan serve` and `lanvan config`:
       --quota <SIZE>           most bytes stored (files plus open uploads), e.g. 20GiB; 0 = only free space
       --max-connections <N>    most open TCP connections [default: 256]
   -s, --set <KEY=VALUE>        any other setting with a dotted key, e.g. -s ws.send_queue=64 (repeatable)
+      --board <NAME>           board profile: generic, pi-zero-2w, pi3, pi4, pi5, termux [default: detected] [env: LANVAN_BOARD]
 
-Settings are read from defaults, then LANVAN_* environment variables (LANVAN_HTTP_MAX_CONNECTIONS=64),
-then the --config file, then flags; each later source wins. `lanvan serve --help` has the details.";
+Settings are read from defaults, then the board profile, then LANVAN_* environment variables
+(LANVAN_HTTP_MAX_CONNECTIONS=64), then the --config file, then flags; each later source wins. `lanvan serve --help` has the details.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -56,8 +57,8 @@ struct Discover {
     host: Option<String>,
 }
 
-/// Settings, from lowest to highest precedence: built-in defaults, LANVAN_* environment
-/// variables (e.g. LANVAN_HTTP_MAX_CONNECTIONS=64), the --config file, then these flags.
+/// Settings, from lowest to highest precedence: built-in defaults, the board profile,
+/// LANVAN_* environment variables (e.g. LANVAN_HTTP_MAX_CONNECTIONS=64), the --config file, then these flags.
 #[derive(Args)]
 struct Settings {
     /// TOML settings file (`lanvan config` prints every key with its default).
@@ -81,10 +82,17 @@ struct Settings {
     /// Any other setting as KEY=VALUE with a dotted key, e.g. -s ws.send_queue=64. Repeatable.
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Board profile (budgets and data folder): generic, pi-zero-2w, pi3, pi4, pi5 or
+    /// termux [default: detected from /proc/device-tree/model and Termux's environment].
+    #[arg(long, env = "LANVAN_BOARD")]
+    board: Option<String>,
 }
 
 impl Settings {
-    fn load(self) -> Result<Config, String> {
+    /// The settings, and the board profile they were built on.
+    fn load(self) -> Result<(Config, lanvan::board::Choice), String> {
+        let choice = lanvan::board::choose(self.board.as_deref())?;
+        let board = choice.board.settings(&|k| std::env::var(k).ok())?;
         let mut overrides = Vec::new();
         let named = [
             ("listen", self.listen),
@@ -104,18 +112,29 @@ impl Settings {
                 .ok_or_else(|| format!("--set takes KEY=VALUE, got `{kv}`"))?;
             overrides.push((k.trim().to_string(), v.trim().to_string()));
         }
-        Config::load(std::env::vars(), self.config.as_deref(), &overrides).map_err(|e| e.0)
+        let config = Config::load_layered(
+            Some(board),
+            std::env::vars(),
+            self.config.as_deref(),
+            &overrides,
+        )
+        .map_err(|e| e.0)?;
+        Ok((config, choice))
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(s) => s.load().and_then(|cfg| {
+        Command::Serve(s) => s.load().and_then(|(cfg, board)| {
             lanvan::logger::init(&cfg.log_level);
+            log::info!("board: {} ({})", board.board.name, board.why);
             lanvan::net::server::run(cfg).map_err(|e| e.0)
         }),
-        Command::Config(s) => s.load().map(|cfg| print!("{}", cfg.to_toml())),
+        Command::Config(s) => s.load().map(|(cfg, board)| {
+            println!("# board: {} ({})", board.board.name, board.why);
+            print!("{}", cfg.to_toml())
+        }),
         Command::Discover(d) => {
             let opts = lanvan::net::mdns::DiscoverOptions {
                 timeout: std::time::Duration::from_millis(d.timeout_ms),
