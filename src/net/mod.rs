@@ -3,6 +3,7 @@
 //! event-loop thread.
 
 pub mod api;
+pub mod battery;
 pub mod http;
 pub mod mdns;
 pub mod mdns_query;

@@ -175,6 +175,9 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         log::info!("listening on {local}");
         // After the line above, so tests and scripts waiting for it see what mDNS says.
         let advert = start_mdns(&app.cfg, local);
+        if let Some(why) = crate::termux::detect(&|k| std::env::var(k).ok()) {
+            super::battery::start(&app, &why, &ex);
+        }
         notify::send("READY=1");
         if let Some(every) = notify::watchdog_interval() {
             ex.spawn(async move {
