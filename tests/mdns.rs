@@ -366,3 +366,43 @@ fn a_box_on_loopback_stays_silent() {
         "no mDNS thread for a loopback box"
     );
 }
+
+#[test]
+fn two_boxes_with_one_name_are_told_apart() {
+    let Some(net) = NetPair::new("twin") else {
+        return;
+    };
+    net.address_box_side();
+    let first = net.start_box("mdns-twin1", 8080, &["mdns.name=Shed"]);
+    wait_log(&first, "mDNS: announced Shed._lanvan._tcp.local.", 10);
+    let second = net.start_box("mdns-twin2", 8081, &["mdns.name=Shed"]);
+    // The second box finds the name taken while probing, takes the next one, and says so.
+    let renamed = wait_log(&second, "is taken by another machine", 10);
+    assert!(renamed.contains("this box is now `Shed (2)._"), "{renamed}");
+    wait_log(&second, "mDNS: announced Shed (2)._lanvan._tcp.local.", 10);
+
+    let out = net
+        .lanvan(&net.b, &["discover", "--json"])
+        .output()
+        .unwrap();
+    let mut found: Vec<(String, u64)> = json_lines(&out)
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["port"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![("Shed".to_string(), 8080), ("Shed (2)".to_string(), 8081)]
+    );
+    // Different box ids, each its own box's.
+    let ids: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_ne!(ids[0], ids[1]);
+}

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 pub const SERVICE_TYPE: &str = "_lanvan._tcp.local.";
 const HTTP_SERVICE_TYPE: &str = "_http._tcp.local.";
 
+/// Boxes `discover --watch` keeps track of at most.
+const MAX_WATCHED: usize = 256;
+
 /// How long shutdown waits for mdns-sd to send its goodbyes before giving up.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -155,13 +158,22 @@ impl Advert {
     /// Logs what the mDNS thread reports: names changed after a conflict, addresses that
     /// came or went. Runs on the loop until the daemon stops; each event is one log line.
     pub async fn watch(&self) {
+        // mdns-sd reports a rename once per record and interface; say it once.
+        let mut renamed: Vec<(String, String)> = Vec::new();
         while let Ok(event) = self.events.recv_async().await {
             match event {
-                DaemonEvent::NameChange(change) => log::warn!(
-                    "mDNS: `{}` is taken by another machine on the LAN; this box is now `{}`",
-                    change.original.trim_end_matches('.'),
-                    change.new_name.trim_end_matches('.')
-                ),
+                DaemonEvent::NameChange(change) => {
+                    let pair = (change.original, change.new_name);
+                    if renamed.contains(&pair) || renamed.len() >= 64 {
+                        continue;
+                    }
+                    log::warn!(
+                        "mDNS: `{}` is taken by another machine on the LAN; this box is now `{}`",
+                        pair.0.trim_end_matches('.'),
+                        pair.1.trim_end_matches('.')
+                    );
+                    renamed.push(pair);
+                }
                 DaemonEvent::IpAdd(ip) => log::info!(
                     "mDNS: {} now answers at {ip}",
                     self.host.trim_end_matches('.')
@@ -170,8 +182,11 @@ impl Advert {
                     "mDNS: {} no longer answers at {ip}",
                     self.host.trim_end_matches('.')
                 ),
-                DaemonEvent::Announce(name, how) => {
-                    log::info!("mDNS: announced {name} ({how})")
+                DaemonEvent::Announce(name, host_and_interface) => {
+                    let interface = host_and_interface
+                        .rsplit_once(':')
+                        .map_or(host_and_interface.as_str(), |(_, i)| i);
+                    log::info!("mDNS: announced {name} on {interface}")
                 }
                 DaemonEvent::Error(e) => log::warn!("mDNS: {e}"),
                 _ => {}
@@ -278,10 +293,9 @@ pub fn discover(opts: &DiscoverOptions) -> Result<bool, String> {
     let boxes: Vec<Found> = mdns_query::instances(SERVICE_TYPE, &records)
         .into_iter()
         .map(|i| Found {
-            name: match i.txt.get("name") {
-                Some(n) if !n.is_empty() => n.clone(),
-                _ => instance_name(&i.fullname),
-            },
+            // The instance name, not the TXT name: it is the one made unique on the LAN
+            // (`LANVan on pi (2)` when two boxes share a name).
+            name: instance_name(&i.fullname),
             host: i.host.clone(),
             addresses: i.addresses.iter().map(|a| a.to_string()).collect(),
             port: i.port,
@@ -325,12 +339,8 @@ fn watch(opts: &DiscoverOptions) -> Result<bool, String> {
                 let mut addresses: Vec<String> =
                     info.get_addresses().iter().map(|a| a.to_string()).collect();
                 addresses.sort();
-                let name = match txt("name") {
-                    n if n.is_empty() => instance_name(info.get_fullname()),
-                    n => n,
-                };
                 let found = Found {
-                    name,
+                    name: instance_name(info.get_fullname()),
                     host: info.get_hostname().to_string(),
                     addresses,
                     port: info.get_port(),
@@ -338,6 +348,10 @@ fn watch(opts: &DiscoverOptions) -> Result<bool, String> {
                     id: txt("id"),
                 };
                 let fullname = info.get_fullname().to_string();
+                // A LAN answering with endless names cannot grow this without end.
+                if boxes.len() >= MAX_WATCHED && !boxes.contains_key(&fullname) {
+                    continue;
+                }
                 if boxes.get(&fullname) != Some(&found) {
                     print_found(&found, "found", opts.json);
                 }

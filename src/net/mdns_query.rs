@@ -19,8 +19,8 @@ pub const TYPE_SRV: u16 = 33;
 /// the command grow without end.
 const MAX_RECORDS: usize = 4096;
 
-/// One resource record from an answer, with the names spelled out and lower-cased
-/// (DNS names compare case-insensitively).
+/// One resource record from an answer, with the names spelled out as sent (DNS names
+/// compare case-insensitively; the case is kept for showing them).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
     Ptr {
@@ -119,7 +119,7 @@ fn read_name(packet: &[u8], mut at: usize) -> Option<(String, usize)> {
         let len = *packet.get(at)? as usize;
         match len {
             0 => {
-                let name = labels.join(".").to_lowercase() + ".";
+                let name = labels.join(".") + ".";
                 return Some((name, end.unwrap_or(at + 1)));
             }
             l if l & 0xC0 == 0xC0 => {
@@ -248,17 +248,17 @@ pub struct Instance {
 
 /// The instances of `service_type` that `records` describe completely (with SRV).
 pub fn instances(service_type: &str, records: &[Record]) -> Vec<Instance> {
-    let ty = service_type.to_lowercase();
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let mut out = Vec::new();
     for r in records {
         let Record::Ptr { name, target } = r else {
             continue;
         };
-        if *name != ty || out.iter().any(|i: &Instance| &i.fullname == target) {
+        if !same(name, service_type) || out.iter().any(|i: &Instance| same(&i.fullname, target)) {
             continue;
         }
         let Some((host, port)) = records.iter().find_map(|r| match r {
-            Record::Srv { name, port, host } if name == target => Some((host.clone(), *port)),
+            Record::Srv { name, port, host } if same(name, target) => Some((host.clone(), *port)),
             _ => None,
         }) else {
             continue;
@@ -266,7 +266,7 @@ pub fn instances(service_type: &str, records: &[Record]) -> Vec<Instance> {
         let txt = records
             .iter()
             .find_map(|r| match r {
-                Record::Txt { name, pairs } if name == target => Some(pairs.clone()),
+                Record::Txt { name, pairs } if same(name, target) => Some(pairs.clone()),
                 _ => None,
             })
             .unwrap_or_default();
@@ -285,11 +285,10 @@ pub fn instances(service_type: &str, records: &[Record]) -> Vec<Instance> {
 
 /// Addresses answered for `host`.
 pub fn addresses_of(host: &str, records: &[Record]) -> Vec<IpAddr> {
-    let host = host.to_lowercase();
     let mut ips: Vec<IpAddr> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Addr { name, ip } if *name == host => Some(*ip),
+            Record::Addr { name, ip } if name.eq_ignore_ascii_case(host) => Some(*ip),
             _ => None,
         })
         .collect();
@@ -364,8 +363,9 @@ mod tests {
         let found = instances("_lanvan._tcp.local.", &records);
         assert_eq!(found.len(), 1);
         let box1 = &found[0];
-        assert_eq!(box1.fullname, "box._lanvan._tcp.local.");
-        assert_eq!(box1.host, "lanvan.local.");
+        assert_eq!(box1.fullname, "Box._lanvan._tcp.local.");
+        assert_eq!(box1.host, "LANVan.local.");
+        assert_eq!(addresses_of("lanvan.local.", &records), box1.addresses);
         assert_eq!(box1.port, 8080);
         assert_eq!(box1.txt["version"], "0.1");
         assert_eq!(box1.txt["id"], "ab");
