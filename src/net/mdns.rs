@@ -380,11 +380,12 @@ fn print_found(found: &Found, event: &str, json: bool) {
 
 /// `Name._lanvan._tcp.local.` → `Name`.
 fn instance_name(fullname: &str) -> String {
-    let lower = fullname.to_lowercase();
-    match lower.strip_suffix(SERVICE_TYPE) {
-        Some(head) => fullname[..head.len()].trim_end_matches('.').to_string(),
-        None => fullname.trim_end_matches('.').to_string(),
-    }
+    let cut = fullname.len().saturating_sub(SERVICE_TYPE.len());
+    let name = match (fullname.get(..cut), fullname.get(cut..)) {
+        (Some(head), Some(tail)) if tail.eq_ignore_ascii_case(SERVICE_TYPE) => head,
+        _ => fullname,
+    };
+    name.trim_end_matches('.').to_string()
 }
 
 /// `lanvan discover --host NAME`: asks for NAME's IPv4 address as a phone would.
@@ -447,5 +448,7 @@ mod tests {
             instance_name("LANVan on pi._lanvan._tcp.local."),
             "LANVan on pi"
         );
+        assert_eq!(instance_name("Küche (2)._LANVAN._tcp.local."), "Küche (2)");
+        assert_eq!(instance_name("İ"), "İ");
     }
 }
