@@ -354,6 +354,25 @@ fn mdns_can_be_turned_off_and_the_host_name_chosen() {
         .unwrap();
     assert_eq!(nobody.status.code(), Some(1), "{nobody:?}");
     assert!(String::from_utf8_lossy(&nobody.stderr).contains("lanvan.local did not answer"));
+
+    // The interface loses its address (Wi-Fi gone): the box notices and stops answering.
+    let dev = net.dev(&net.a);
+    ip_ok(&[
+        "-n",
+        &net.a,
+        "addr",
+        "del",
+        &format!("{BOX_IP}/24"),
+        "dev",
+        &dev,
+    ]);
+    wait_log(
+        &attic,
+        &format!("attic.local no longer answers at {BOX_IP}"),
+        10,
+    );
+    let gone = net.lanvan(&net.b, &["discover"]).output().unwrap();
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
 }
 
 #[test]

@@ -335,3 +335,86 @@ fn the_termux_service_script_takes_a_wake_lock_and_runs_the_box() {
     let _ = child.wait();
     std::fs::remove_dir_all(home).ok();
 }
+
+/// A chunk PUT whose body is sent only in part: it holds one chunk slot of the box.
+struct HalfSent {
+    stream: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl HalfSent {
+    fn start(addr: SocketAddr, id: &str, index: u32, data: &[u8]) -> HalfSent {
+        use std::io::Write as _;
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "PUT /api/uploads/{id}/chunks/{index} HTTP/1.1\r\nhost: lanvan\r\ncontent-length: {}\r\nx-chunk-sha256: {}\r\n\r\n",
+            data.len(),
+            common::sha_hex(data)
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let half = data.len() / 2;
+        stream.write_all(&data[..half]).unwrap();
+        HalfSent {
+            stream,
+            rest: data[half..].to_vec(),
+        }
+    }
+
+    /// Sends the rest and returns the status line.
+    fn finish(mut self) -> String {
+        use std::io::{BufRead as _, Write as _};
+        self.stream.write_all(&self.rest).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(self.stream)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    }
+}
+
+/// Whether a third chunk is stored while two others are half-sent, within `wait`.
+fn third_chunk_passes(phone: &Phone, name: &str, wait: Duration) -> (bool, u64) {
+    let body = json!({"name": name, "size": 50_000_000}).to_string();
+    let created = Client::connect(phone.addr).send(
+        "POST",
+        "/api/uploads",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let chunk = created.json()["chunk_size"].as_u64().unwrap();
+    let data = |i: u64| common::pseudo_random(i, chunk as usize);
+    let one = HalfSent::start(phone.addr, &id, 0, &data(0));
+    let two = HalfSent::start(phone.addr, &id, 1, &data(1));
+    std::thread::sleep(Duration::from_millis(300));
+    let (tx, rx) = mpsc::channel();
+    let (addr, id3, third) = (phone.addr, id.clone(), data(2));
+    std::thread::spawn(move || {
+        let _ = tx.send(Client::connect(addr).put_chunk(&id3, 2, &third).status);
+    });
+    let passed = rx.recv_timeout(wait).is_ok();
+    assert!(one.finish().contains(" 200 "));
+    if !passed {
+        // A slot came free: now it goes through.
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(200));
+    }
+    assert!(two.finish().contains(" 200 "));
+    (passed, chunk)
+}
+
+#[test]
+fn low_battery_holds_fewer_chunks_in_memory() {
+    let phone = Phone::start("termux-inflight", Some("exec cat BATTERY"));
+    phone.wait_log("battery 58% (not charging): full speed", 5);
+    // Full budgets (termux board: 4 chunks in flight): a third chunk is not held up.
+    let (passed, chunk) = third_chunk_passes(&phone, "full.bin", Duration::from_secs(3));
+    assert!(passed, "a third chunk waited at full battery");
+    assert_eq!(chunk, 1 << 20);
+
+    phone.set_battery(12, "UNPLUGGED");
+    phone.wait_log("below 15%", 5);
+    // Two chunks in flight at most: the third waits until one of them is done.
+    let (passed, chunk) = third_chunk_passes(&phone, "low.bin", Duration::from_secs(1));
+    assert!(!passed, "a third chunk went through on low battery");
+    assert_eq!(chunk, 256 << 10);
+}
