@@ -20,7 +20,7 @@ const OPTIONS_HELP: &str = "\
 Options of `lanvan serve` and `lanvan config`:
   -c, --config <FILE>          TOML settings file (`lanvan config` prints every key) [env: LANVAN_CONFIG]
   -l, --listen <ADDR>          address to listen on [default: 0.0.0.0:8080]; [::]:8080 takes IPv6 and IPv4
-  -d, --data-dir <DIR>         folder for files and unfinished uploads, created if missing [default: ./lanvan-data]
+  -d, --data-dir <DIR>         folder for files and unfinished uploads, created if missing [default: the board's; ./lanvan-data on a PC]
       --log-level <LEVEL>      error, warn, info, debug or trace [default: info]
       --quota <SIZE>           most bytes stored (files plus open uploads), e.g. 20GiB; 0 = only free space
       --max-connections <N>    most open TCP connections [default: 256]
@@ -67,7 +67,8 @@ struct Settings {
     /// Address to listen on [default: 0.0.0.0:8080]; [::]:8080 takes IPv6 and IPv4.
     #[arg(long, short = 'l')]
     listen: Option<String>,
-    /// Folder for stored files and unfinished uploads, created if missing [default: ./lanvan-data].
+    /// Folder for stored files and unfinished uploads, created if missing [default: the board
+    /// profile's; ./lanvan-data on a PC].
     #[arg(long, short = 'd')]
     data_dir: Option<PathBuf>,
     /// Log level: error, warn, info, debug or trace [default: info].
@@ -129,7 +130,29 @@ fn main() -> ExitCode {
         Command::Serve(s) => s.load().and_then(|(cfg, board)| {
             lanvan::logger::init(&cfg.log_level);
             log::info!("board: {} ({})", board.board.name, board.why);
-            lanvan::net::server::run(cfg).map_err(|e| e.0)
+            // Whether the data folder is the profile's own (e.g. /var/lib/lanvan on a Pi).
+            let board_dir = board
+                .board
+                .settings(&|k| std::env::var(k).ok())
+                .ok()
+                .and_then(|t| t.get("data_dir")?.as_str().map(PathBuf::from));
+            let from_board =
+                board.board.name != "generic" && board_dir.as_ref() == Some(&cfg.data_dir);
+            lanvan::net::server::run(cfg).map_err(|e| {
+                if from_board && e.0.starts_with("cannot open the data folder") {
+                    let service = match board.board.name {
+                        "termux" => "",
+                        _ => "run the box as a service (systemd/), or ",
+                    };
+                    format!(
+                        "{}; the {} board profile keeps files there: {service}choose a folder \
+                         with --data-dir",
+                        e.0, board.board.name
+                    )
+                } else {
+                    e.0
+                }
+            })
         }),
         Command::Config(s) => s.load().map(|(cfg, board)| {
             println!("# board: {} ({})", board.board.name, board.why);

@@ -202,3 +202,29 @@ fn termux_is_detected_from_its_environment() {
     assert_eq!(config_of(&out)["data_dir"].as_str(), Some("lanvan-data"));
     std::fs::remove_dir_all(home).ok();
 }
+
+#[test]
+fn a_boards_data_folder_that_cannot_be_made_says_what_to_do() {
+    let dir = temp_dir("board-nohome", false);
+    let home = dir.join("not-a-folder");
+    std::fs::write(&home, "a file where the home folder should be").unwrap();
+    let out = lanvan(&["serve", "--board", "termux", "--listen", "127.0.0.1:0"])
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the termux board profile keeps files there: choose a folder with --data-dir"),
+        "{err}"
+    );
+    // A folder given by the user is the user's: no word about the profile.
+    let out = lanvan(&["serve", "--board", "pi4", "--listen", "127.0.0.1:0", "-d"])
+        .arg(home.join("x"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open the data folder"), "{err}");
+    assert!(!err.contains("board profile"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}
