@@ -5,6 +5,7 @@
 mod common;
 
 use common::{bin, temp_dir, wait_for, Client, Lanvan};
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -49,22 +50,7 @@ impl NetPair {
             a: format!("lvtest-{pid}-{tag}-a"),
             b: format!("lvtest-{pid}-{tag}-b"),
         };
-        let made = Command::new("ip").args(["netns", "add", &pair.a]).output();
-        match made {
-            Ok(out) if out.status.success() => {}
-            other => {
-                let why = match other {
-                    Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
-                    Err(e) => format!("`ip` not found ({e}); install iproute2"),
-                };
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "mDNS tests need network namespaces (root and iproute2): {why}"
-                );
-                eprintln!("\n!!!!! SKIPPED mDNS namespace test: cannot create a network namespace: {why}!!!!! run as root with iproute2 installed to test mDNS\n");
-                return None;
-            }
-        }
+        first_namespace(&pair.a)?;
         ip_ok(&["netns", "add", &pair.b]);
         let (va, vb) = (format!("lv{pid}{tag}a"), format!("lv{pid}{tag}b"));
         let (va, vb) = (&va[..va.len().min(15)], &vb[..vb.len().min(15)]);
@@ -129,6 +115,26 @@ impl NetPair {
         all.extend(settings.iter().map(|s| s.to_string()));
         let wrapper = ["ip", "netns", "exec", &self.a].map(String::from).to_vec();
         Lanvan::spawn(temp_dir(tag, false), all, Some(wrapper))
+    }
+}
+
+/// Makes network namespace `name`, or returns None (after saying so loudly) when this
+/// machine cannot make them. In CI that is a failure, never a skip.
+fn first_namespace(name: &str) -> Option<()> {
+    match Command::new("ip").args(["netns", "add", name]).output() {
+        Ok(out) if out.status.success() => Some(()),
+        other => {
+            let why = match other {
+                Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                Err(e) => format!("`ip` not found ({e}); install iproute2"),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "mDNS tests need network namespaces (root and iproute2): {why}"
+            );
+            eprintln!("\n!!!!! SKIPPED mDNS namespace test: cannot create a network namespace: {why}!!!!! run as root with iproute2 installed to test mDNS\n");
+            None
+        }
     }
 }
 
@@ -259,7 +265,7 @@ fn a_box_in_one_namespace_is_found_by_name_from_the_other() {
     assert_eq!(b["port"], 8080);
     assert_eq!(b["url"], "http://lanvan.local:8080/");
     assert_eq!(b["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(b["addresses"], serde_json::json!([BOX_IP]));
+    assert_eq!(b["addresses"], json!([BOX_IP]));
     let id = std::fs::read_to_string(lv.data.join(".lanvan/box-id")).unwrap();
     assert_eq!(b["id"], id.trim());
 
@@ -279,7 +285,7 @@ fn a_box_in_one_namespace_is_found_by_name_from_the_other() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let resolved = &json_lines(&out)[0];
-    assert_eq!(resolved["addresses"], serde_json::json!([BOX_IP]));
+    assert_eq!(resolved["addresses"], json!([BOX_IP]));
     let status = in_namespace(&net.b, || {
         Client::connect(format!("{BOX_IP}:8080").parse().unwrap()).send(
             "GET",
@@ -386,42 +392,143 @@ fn a_box_on_loopback_stays_silent() {
     );
 }
 
+/// A small LAN: `hosts` namespaces, each with one veth into a bridge that lives in a
+/// namespace of its own; host `i` has 10.77.0.{i+1}/24. Deleted when dropped.
+struct Lan {
+    bridge: String,
+    hosts: Vec<String>,
+}
+
+impl Lan {
+    fn new(tag: &str, hosts: usize) -> Option<Lan> {
+        remove_stale_namespaces();
+        let pid = std::process::id();
+        let mut lan = Lan {
+            bridge: format!("lvtest-{pid}-{tag}-br"),
+            hosts: Vec::new(),
+        };
+        first_namespace(&lan.bridge)?;
+        ip_ok(&["-n", &lan.bridge, "link", "add", "br0", "type", "bridge"]);
+        ip_ok(&["-n", &lan.bridge, "link", "set", "br0", "up"]);
+        for i in 0..hosts {
+            let ns = format!("lvtest-{pid}-{tag}-{i}");
+            ip_ok(&["netns", "add", &ns]);
+            lan.hosts.push(ns.clone());
+            let (dev, port) = (format!("lv{pid}{tag}{i}"), format!("lp{pid}{tag}{i}"));
+            ip_ok(&[
+                "link",
+                "add",
+                &dev,
+                "netns",
+                &ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &lan.bridge,
+            ]);
+            ip_ok(&["-n", &lan.bridge, "link", "set", &port, "master", "br0"]);
+            ip_ok(&["-n", &lan.bridge, "link", "set", &port, "up"]);
+            ip_ok(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip_ok(&["-n", &ns, "link", "set", &dev, "up"]);
+            let addr = format!("10.77.0.{}/24", i + 1);
+            ip_ok(&["-n", &ns, "addr", "add", &addr, "dev", &dev]);
+        }
+        Some(lan)
+    }
+
+    fn start_box(&self, host: usize, tag: &str, settings: &[&str]) -> Lanvan {
+        let mut all = vec!["listen=0.0.0.0:8080".to_string()];
+        all.extend(settings.iter().map(|s| s.to_string()));
+        let wrapper = ["ip", "netns", "exec", &self.hosts[host]]
+            .map(String::from)
+            .to_vec();
+        Lanvan::spawn(temp_dir(tag, false), all, Some(wrapper))
+    }
+
+    fn lanvan(&self, host: usize, args: &[&str]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.hosts[host], bin()])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.output().unwrap()
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain([&self.bridge]) {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
 #[test]
-fn two_boxes_with_one_name_are_told_apart() {
-    let Some(net) = NetPair::new("twin") else {
+fn two_boxes_with_one_name_on_one_lan_are_told_apart() {
+    // Two Pis set up alike, and a phone.
+    let Some(lan) = Lan::new("twin", 3) else {
         return;
     };
-    net.address_box_side();
-    let first = net.start_box("mdns-twin1", 8080, &["mdns.name=Shed"]);
+    let first = lan.start_box(0, "mdns-twin1", &["mdns.name=Shed"]);
     wait_log(&first, "mDNS: announced Shed._lanvan._tcp.local.", 10);
-    let second = net.start_box("mdns-twin2", 8081, &["mdns.name=Shed"]);
-    // The second box finds the name taken while probing, takes the next one, and says so.
-    let renamed = wait_log(&second, "is taken by another machine", 10);
-    assert!(renamed.contains("this box is now `Shed (2)._"), "{renamed}");
-    wait_log(&second, "mDNS: announced Shed (2)._lanvan._tcp.local.", 10);
+    let second = lan.start_box(1, "mdns-twin2", &["mdns.name=Shed"]);
+    // The second box finds both names taken while probing, takes the next ones, says so.
+    let wanted = [
+        "this box is now `Shed (2)._lanvan._tcp.local`",
+        "this box is now `lanvan-2.local`",
+        "mDNS: announced Shed (2)._lanvan._tcp.local.",
+    ];
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wanted
+        .iter()
+        .all(|w| seen.iter().any(|l: &String| l.contains(w)))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match second.log.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the second box did not rename itself: {seen:#?}"),
+        }
+    }
 
-    let out = net
-        .lanvan(&net.b, &["discover", "--json"])
-        .output()
-        .unwrap();
-    let mut found: Vec<(String, u64)> = json_lines(&out)
+    let out = lan.lanvan(2, &["discover", "--json"]);
+    let mut found: Vec<(String, String, Value)> = json_lines(&out)
         .iter()
         .map(|b| {
             (
                 b["name"].as_str().unwrap().to_string(),
-                b["port"].as_u64().unwrap(),
+                b["url"].as_str().unwrap().to_string(),
+                b["addresses"].clone(),
             )
         })
         .collect();
-    found.sort();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         found,
-        vec![("Shed".to_string(), 8080), ("Shed (2)".to_string(), 8081)]
+        vec![
+            (
+                "Shed".into(),
+                "http://lanvan.local:8080/".into(),
+                json!(["10.77.0.1"])
+            ),
+            (
+                "Shed (2)".into(),
+                "http://lanvan-2.local:8080/".into(),
+                json!(["10.77.0.2"])
+            ),
+        ]
     );
-    // Different box ids, each its own box's.
-    let ids: Vec<String> = json_lines(&out)
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_ne!(ids[0], ids[1]);
+    // Each name leads to its own box.
+    for (host, ip) in [
+        ("lanvan.local", "10.77.0.1"),
+        ("lanvan-2.local", "10.77.0.2"),
+    ] {
+        let out = lan.lanvan(2, &["discover", "--host", host]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("{host} {ip}")
+        );
+    }
 }
