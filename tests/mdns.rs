@@ -255,7 +255,8 @@ fn a_box_in_one_namespace_is_found_by_name_from_the_other() {
         .unwrap();
     let took = t.elapsed();
     assert!(out.status.success(), "{out:?}");
-    assert!(took < Duration::from_millis(1500), "discover took {took:?}");
+    // It listens for 1 s; the rest is starting a process on a busy machine.
+    assert!(took < Duration::from_millis(2000), "discover took {took:?}");
     let found = json_lines(&out);
     assert_eq!(found.len(), 1, "{found:?}");
     let b = &found[0];

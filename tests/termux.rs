@@ -268,7 +268,7 @@ fn a_battery_command_that_hangs_never_stalls_the_box() {
     let t = Instant::now();
     let status = Client::connect(phone.addr).send("GET", "/api/status", &[], b"");
     assert_eq!(status.status, 200);
-    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(t.elapsed() < Duration::from_secs(2));
     phone.wait_log("termux-battery-status gave no answer within 2 s", 10);
     // It was killed, and the box still answers.
     let status = Client::connect(phone.addr).send("GET", "/api/status", &[], b"");
@@ -386,7 +386,8 @@ fn third_chunk_passes(phone: &Phone, name: &str, wait: Duration) -> (bool, u64) 
     let data = |i: u64| common::pseudo_random(i, chunk as usize);
     let one = HalfSent::start(phone.addr, &id, 0, &data(0));
     let two = HalfSent::start(phone.addr, &id, 1, &data(1));
-    std::thread::sleep(Duration::from_millis(300));
+    // Time for the box to read both heads and give each a slot, even on a busy machine.
+    std::thread::sleep(Duration::from_millis(1000));
     let (tx, rx) = mpsc::channel();
     let (addr, id3, third) = (phone.addr, id.clone(), data(2));
     std::thread::spawn(move || {
