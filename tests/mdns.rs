@@ -325,10 +325,15 @@ fn mdns_can_be_turned_off_and_the_host_name_chosen() {
     net.address_box_side();
     let quiet = net.start_box("mdns-off", 8080, &["mdns.enabled=false"]);
     wait_log(&quiet, "mDNS is off (mdns.enabled = false)", 5);
+    // Listening on one address: that address is the one advertised.
     let attic = net.start_box(
         "mdns-attic",
         8081,
-        &["mdns.hostname=attic", "mdns.interface_check_secs=1"],
+        &[
+            &format!("listen={BOX_IP}:8081"),
+            "mdns.hostname=attic",
+            "mdns.interface_check_secs=1",
+        ],
     );
     wait_log(&attic, "mDNS: announced", 10);
 

@@ -160,6 +160,7 @@ impl Advert {
     pub async fn watch(&self) {
         // mdns-sd reports a rename once per record and interface; say it once.
         let mut renamed: Vec<(String, String)> = Vec::new();
+        let mut host = self.host.trim_end_matches('.').to_string();
         while let Ok(event) = self.events.recv_async().await {
             match event {
                 DaemonEvent::NameChange(change) => {
@@ -167,21 +168,17 @@ impl Advert {
                     if renamed.contains(&pair) || renamed.len() >= 64 {
                         continue;
                     }
+                    let (old, new) = (pair.0.trim_end_matches('.'), pair.1.trim_end_matches('.'));
                     log::warn!(
-                        "mDNS: `{}` is taken by another machine on the LAN; this box is now `{}`",
-                        pair.0.trim_end_matches('.'),
-                        pair.1.trim_end_matches('.')
+                        "mDNS: `{old}` is taken by another machine on the LAN; this box is now `{new}`"
                     );
+                    if old == host {
+                        host = new.to_string();
+                    }
                     renamed.push(pair);
                 }
-                DaemonEvent::IpAdd(ip) => log::info!(
-                    "mDNS: {} now answers at {ip}",
-                    self.host.trim_end_matches('.')
-                ),
-                DaemonEvent::IpDel(ip) => log::info!(
-                    "mDNS: {} no longer answers at {ip}",
-                    self.host.trim_end_matches('.')
-                ),
+                DaemonEvent::IpAdd(ip) => log::info!("mDNS: {host} now answers at {ip}"),
+                DaemonEvent::IpDel(ip) => log::info!("mDNS: {host} no longer answers at {ip}"),
                 DaemonEvent::Announce(name, host_and_interface) => {
                     let interface = host_and_interface
                         .rsplit_once(':')
