@@ -77,14 +77,14 @@ impl Board {
             .toml
             .parse()
             .map_err(|e| format!("board profile {}: {e}", self.name))?;
-        let home = env("HOME").map(PathBuf::from);
-        if let (Some(toml::Value::String(dir)), Some(home)) = (table.get("data_dir"), home) {
-            let dir = if self.name == "termux" {
-                termux::data_dir(&home).0
-            } else if let Some(rest) = dir.strip_prefix("~/") {
-                home.join(rest)
-            } else {
-                PathBuf::from(dir)
+        let home = env("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+        if let Some(toml::Value::String(dir)) = table.get("data_dir") {
+            let dir = match (dir.strip_prefix("~/"), home) {
+                (Some(_), Some(home)) if self.name == "termux" => termux::data_dir(&home).0,
+                (Some(rest), Some(home)) => home.join(rest),
+                // No home folder to put it in: the working directory, as on a PC.
+                (Some(_), None) => PathBuf::from("lanvan-data"),
+                (None, _) => PathBuf::from(dir),
             };
             table.insert(
                 "data_dir".into(),
@@ -241,6 +241,19 @@ mod tests {
             }
         }
         assert_eq!(detect(None, &no_env).board.name, "generic");
+    }
+
+    #[test]
+    fn a_home_folder_is_needed_for_a_folder_under_it() {
+        let termux = Board::named("termux").unwrap();
+        let table = termux.settings(&no_env).unwrap();
+        assert_eq!(table["data_dir"].as_str(), Some("lanvan-data"));
+        let home = |k: &str| (k == "HOME").then(|| "/nonexistent/home".to_string());
+        let table = termux.settings(&home).unwrap();
+        assert_eq!(
+            table["data_dir"].as_str(),
+            Some("/nonexistent/home/lanvan-data")
+        );
     }
 
     #[test]
