@@ -304,6 +304,8 @@ fn a_box_in_one_namespace_is_found_by_name_from_the_other() {
     let seen = watch.next(5);
     assert_eq!(seen["event"], "found");
     assert_eq!(seen["name"], "Attic box");
+    // Listening on 0.0.0.0, the box advertises no IPv6 address (nothing listens there).
+    assert_eq!(seen["addresses"], json!([BOX_IP]));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(lv.pid()),
         nix::sys::signal::Signal::SIGTERM,
@@ -396,6 +398,48 @@ fn a_box_on_loopback_stays_silent() {
         3,
         "no mDNS thread for a loopback box"
     );
+}
+
+#[test]
+fn a_dual_stack_box_is_advertised_on_ipv6_too() {
+    let Some(net) = NetPair::new("six") else {
+        return;
+    };
+    net.address_box_side();
+    // The kernel gives the veth its link-local address once duplicate detection is done.
+    let dev = net.dev(&net.a);
+    let ready = wait_for(10, || {
+        let out = ip(&[
+            "-n", &net.a, "-6", "addr", "show", "dev", &dev, "scope", "link",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.contains("fe80::") && !text.contains("tentative")
+    });
+    assert!(ready, "no IPv6 link-local address on {dev}");
+    let lv = net.start_box(
+        "mdns-six",
+        8080,
+        &["listen=[::]:8080", "mdns.interface_check_secs=1"],
+    );
+    wait_log(&lv, "mDNS: announced", 10);
+    // The IPv6 link-local address, scoped to the watcher's interface, so a browser on that
+    // side can use it.
+    let watch = Watch::start(net.lanvan(&net.b, &["discover", "--watch", "--json"]));
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        last = watch.next(8);
+        let addrs: Vec<&str> = last["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        if addrs.contains(&BOX_IP) && addrs.iter().any(|a| a.starts_with("fe80::")) {
+            return;
+        }
+    }
+    panic!("no IPv4 and IPv6 address advertised together: {last}");
 }
 
 /// A small LAN: `hosts` namespaces, each with one veth into a bridge that lives in a
