@@ -9,6 +9,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lanvan-target}"
 if ! command -v unshare >/dev/null; then
     apt-get update -qq && apt-get install -y -qq util-linux
 fi
+# The mDNS tests join two network namespaces with a veth pair (iproute2).
+command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2; }
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt || true
 
 cargo fmt --all -- --check

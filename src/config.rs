@@ -1,5 +1,6 @@
-//! The box's settings: defaults, then `LANVAN_*` environment variables, then the TOML file
-//! named by `--config`, then command-line flags (each later source wins).
+//! The box's settings: defaults, then the board profile, then `LANVAN_*` environment
+//! variables, then the TOML file named by `--config`, then command-line flags (each later
+//! source wins).
 //! Every limit a client could push against lives here, so memory is a budget set at start.
 //! Never read after start-up: the running box gets an immutable copy.
 
@@ -21,6 +22,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub ws: WsConfig,
     pub relay: RelayConfig,
+    pub mdns: MdnsConfig,
+    pub termux: TermuxConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -109,6 +112,69 @@ impl Default for RelayConfig {
     }
 }
 
+/// Finding the box by name on the LAN (multicast DNS, DNS-SD).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MdnsConfig {
+    /// Advertise the box (`_lanvan._tcp`, `_http._tcp`) and answer for `hostname`.local.
+    /// Always off while the box listens on loopback only.
+    pub enabled: bool,
+    /// Host name without `.local`: phones reach `http://HOSTNAME.local:PORT/`. Letters,
+    /// digits and `-`; a box that finds the name taken on the LAN takes `HOSTNAME-2`.
+    pub hostname: String,
+    /// Name `lanvan discover` and service browsers show; empty: `LANVan on <host name>`.
+    pub name: String,
+    /// Seconds between checks for network interfaces and addresses that came or went.
+    pub interface_check_secs: u32,
+}
+
+impl Default for MdnsConfig {
+    fn default() -> Self {
+        MdnsConfig {
+            enabled: true,
+            hostname: "lanvan".into(),
+            name: String::new(),
+            interface_check_secs: 5,
+        }
+    }
+}
+
+impl MdnsConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let h = &self.hostname;
+        let ok = !h.is_empty()
+            && h.len() <= 63
+            && !h.starts_with('-')
+            && !h.ends_with('-')
+            && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if self.enabled && !ok {
+            return Err(ConfigError(format!(
+                "mdns.hostname `{h}` must be 1 to 63 letters, digits or `-` (no `.local`)"
+            )));
+        }
+        if self.name.len() > 63 {
+            return Err(ConfigError("mdns.name is limited to 63 bytes".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Running on an Android phone in Termux (only read when Termux is detected).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TermuxConfig {
+    /// Seconds between readings of `termux-battery-status`; 0 reads it only at start.
+    pub battery_check_secs: u64,
+}
+
+impl Default for TermuxConfig {
+    fn default() -> Self {
+        TermuxConfig {
+            battery_check_secs: 60,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -119,6 +185,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             ws: WsConfig::default(),
             relay: RelayConfig::default(),
+            mdns: MdnsConfig::default(),
+            termux: TermuxConfig::default(),
         }
     }
 }
@@ -190,9 +258,23 @@ impl Config {
         file: Option<&std::path::Path>,
         overrides: &[(String, String)],
     ) -> Result<Config, ConfigError> {
+        Config::load_layered(None, env, file, overrides)
+    }
+
+    /// As [`Config::load`], with a board profile's settings (see `board`) as the layer
+    /// between the defaults and the environment.
+    pub fn load_layered(
+        board: Option<toml::Table>,
+        env: impl IntoIterator<Item = (String, String)>,
+        file: Option<&std::path::Path>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let mut table = toml::Table::try_from(Config::default())
             .map_err(|e| ConfigError(format!("default settings: {e}")))?;
         let keys = leaf_keys(&table);
+        if let Some(board) = board {
+            merge(&mut table, board);
+        }
         let env: std::collections::HashMap<String, String> = env.into_iter().collect();
         for key in &keys {
             let var = format!("LANVAN_{}", key.replace('.', "_").to_uppercase());
@@ -241,6 +323,7 @@ impl Config {
                 "ws.send_queue and http.max_connections must be at least 1".into(),
             ));
         }
+        self.mdns.check()?;
         Ok(())
     }
 

@@ -20,14 +20,15 @@ const OPTIONS_HELP: &str = "\
 Options of `lanvan serve` and `lanvan config`:
   -c, --config <FILE>          TOML settings file (`lanvan config` prints every key) [env: LANVAN_CONFIG]
   -l, --listen <ADDR>          address to listen on [default: 0.0.0.0:8080]; [::]:8080 takes IPv6 and IPv4
-  -d, --data-dir <DIR>         folder for files and unfinished uploads, created if missing [default: ./lanvan-data]
+  -d, --data-dir <DIR>         folder for files and unfinished uploads, created if missing [default: the board's; ./lanvan-data on a PC]
       --log-level <LEVEL>      error, warn, info, debug or trace [default: info]
       --quota <SIZE>           most bytes stored (files plus open uploads), e.g. 20GiB; 0 = only free space
       --max-connections <N>    most open TCP connections [default: 256]
   -s, --set <KEY=VALUE>        any other setting with a dotted key, e.g. -s ws.send_queue=64 (repeatable)
+      --board <NAME>           board profile: generic, pi-zero-2w, pi3, pi4, pi5, termux [default: detected] [env: LANVAN_BOARD]
 
-Settings are read from defaults, then LANVAN_* environment variables (LANVAN_HTTP_MAX_CONNECTIONS=64),
-then the --config file, then flags; each later source wins. `lanvan serve --help` has the details.";
+Settings are read from defaults, then the board profile, then LANVAN_* environment variables
+(LANVAN_HTTP_MAX_CONNECTIONS=64), then the --config file, then flags; each later source wins. `lanvan serve --help` has the details.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -35,10 +36,29 @@ enum Command {
     Serve(Settings),
     /// Print the settings `serve` would use, as TOML (a starting point for --config).
     Config(Settings),
+    /// List the LANVan boxes on this network (by mDNS): name, address to open, version.
+    Discover(Discover),
 }
 
-/// Settings, from lowest to highest precedence: built-in defaults, LANVAN_* environment
-/// variables (e.g. LANVAN_HTTP_MAX_CONNECTIONS=64), the --config file, then these flags.
+/// `lanvan discover`: exits 0 when a box (or the --host name) answered, 1 when none did.
+#[derive(Args)]
+struct Discover {
+    /// Keep listening, and print boxes as they appear and leave, until Ctrl-C.
+    #[arg(long, short = 'w')]
+    watch: bool,
+    /// Milliseconds to listen for answers.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    timeout_ms: u64,
+    /// One JSON object per line (event, name, host, addresses, port, version, id, url).
+    #[arg(long)]
+    json: bool,
+    /// Resolve a host name instead, e.g. --host lanvan.local, and print its addresses.
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+}
+
+/// Settings, from lowest to highest precedence: built-in defaults, the board profile,
+/// LANVAN_* environment variables (e.g. LANVAN_HTTP_MAX_CONNECTIONS=64), the --config file, then these flags.
 #[derive(Args)]
 struct Settings {
     /// TOML settings file (`lanvan config` prints every key with its default).
@@ -47,7 +67,8 @@ struct Settings {
     /// Address to listen on [default: 0.0.0.0:8080]; [::]:8080 takes IPv6 and IPv4.
     #[arg(long, short = 'l')]
     listen: Option<String>,
-    /// Folder for stored files and unfinished uploads, created if missing [default: ./lanvan-data].
+    /// Folder for stored files and unfinished uploads, created if missing [default: the board
+    /// profile's; ./lanvan-data on a PC].
     #[arg(long, short = 'd')]
     data_dir: Option<PathBuf>,
     /// Log level: error, warn, info, debug or trace [default: info].
@@ -62,10 +83,17 @@ struct Settings {
     /// Any other setting as KEY=VALUE with a dotted key, e.g. -s ws.send_queue=64. Repeatable.
     #[arg(long = "set", short = 's', value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Board profile (budgets and data folder): generic, pi-zero-2w, pi3, pi4, pi5 or
+    /// termux [default: detected from /proc/device-tree/model and Termux's environment].
+    #[arg(long, env = "LANVAN_BOARD")]
+    board: Option<String>,
 }
 
 impl Settings {
-    fn load(self) -> Result<Config, String> {
+    /// The settings, and the board profile they were built on.
+    fn load(self) -> Result<(Config, lanvan::board::Choice), String> {
+        let choice = lanvan::board::choose(self.board.as_deref())?;
+        let board = choice.board.settings(&|k| std::env::var(k).ok())?;
         let mut overrides = Vec::new();
         let named = [
             ("listen", self.listen),
@@ -85,18 +113,64 @@ impl Settings {
                 .ok_or_else(|| format!("--set takes KEY=VALUE, got `{kv}`"))?;
             overrides.push((k.trim().to_string(), v.trim().to_string()));
         }
-        Config::load(std::env::vars(), self.config.as_deref(), &overrides).map_err(|e| e.0)
+        let config = Config::load_layered(
+            Some(board),
+            std::env::vars(),
+            self.config.as_deref(),
+            &overrides,
+        )
+        .map_err(|e| e.0)?;
+        Ok((config, choice))
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(s) => s.load().and_then(|cfg| {
+        Command::Serve(s) => s.load().and_then(|(cfg, board)| {
             lanvan::logger::init(&cfg.log_level);
-            lanvan::net::server::run(cfg).map_err(|e| e.0)
+            log::info!("board: {} ({})", board.board.name, board.why);
+            // Whether the data folder is the profile's own (e.g. /var/lib/lanvan on a Pi).
+            let board_dir = board
+                .board
+                .settings(&|k| std::env::var(k).ok())
+                .ok()
+                .and_then(|t| t.get("data_dir")?.as_str().map(PathBuf::from));
+            let from_board =
+                board.board.name != "generic" && board_dir.as_ref() == Some(&cfg.data_dir);
+            lanvan::net::server::run(cfg).map_err(|e| {
+                if from_board && e.0.starts_with("cannot open the data folder") {
+                    let service = match board.board.name {
+                        "termux" => "",
+                        _ => "run the box as a service (systemd/), or ",
+                    };
+                    format!(
+                        "{}; the {} board profile keeps files there: {service}choose a folder \
+                         with --data-dir",
+                        e.0, board.board.name
+                    )
+                } else {
+                    e.0
+                }
+            })
         }),
-        Command::Config(s) => s.load().map(|cfg| print!("{}", cfg.to_toml())),
+        Command::Config(s) => s.load().map(|(cfg, board)| {
+            println!("# board: {} ({})", board.board.name, board.why);
+            print!("{}", cfg.to_toml())
+        }),
+        Command::Discover(d) => {
+            let opts = lanvan::net::mdns::DiscoverOptions {
+                timeout: std::time::Duration::from_millis(d.timeout_ms),
+                watch: d.watch,
+                json: d.json,
+                host: d.host,
+            };
+            match lanvan::net::mdns::discover(&opts) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

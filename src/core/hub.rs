@@ -267,6 +267,8 @@ impl Clipboard {
 struct P2p {
     /// Ids of devices that sent `enable_p2p`: a subset of `Hub::devices`, so bounded too.
     enabled: BTreeSet<String>,
+    /// Why the box refuses P2P right now (a phone's low battery), if it does.
+    refusal: Option<String>,
 }
 
 impl P2p {
@@ -618,8 +620,9 @@ impl Hub {
         }
         send(out, conn, frame(reply));
         // A well-formed message the box does not handle yet is no sign of a broken client:
-        // a seed client trickling ICE candidates must not be closed for it.
-        if reject.code == "not_implemented" {
+        // a seed client trickling ICE candidates must not be closed for it; nor is asking
+        // for P2P while the box refuses it.
+        if reject.code == "not_implemented" || reject.code == "p2p_unavailable" {
             return;
         }
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -697,6 +700,9 @@ impl Hub {
         msg: &Map<String, Value>,
         out: &mut Vec<Output>,
     ) -> Result<(), Reject> {
+        if let Some(why) = &self.p2p.refusal {
+            return Err(Reject::new("p2p_unavailable", why.clone()));
+        }
         let new_name = optional_str(msg, "device_name")?;
         let max = self.limits.max_name_len;
         let device = self.device_of_mut(conn);
@@ -744,6 +750,33 @@ impl Hub {
             self.send_p2p_list(out);
         }
         Ok(())
+    }
+}
+
+// The box's own P2P switch (a phone on low battery turns P2P off).
+impl Hub {
+    /// Refuses P2P with `why` (every P2P-enabled device gets `p2p_disabled` with that
+    /// reason, and `enable_p2p` gets error `p2p_unavailable` with it), or with None allows
+    /// it again; devices then opt in anew.
+    pub fn set_p2p_refusal(&mut self, why: Option<String>, out: &mut Vec<Output>) {
+        if let Some(why) = &why {
+            let enabled = std::mem::take(&mut self.p2p.enabled);
+            let conns: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| enabled.contains(&c.device_id))
+                .map(|(&id, _)| id)
+                .collect();
+            for conn in conns {
+                self.send_device_updated(conn, out);
+                send(
+                    out,
+                    conn,
+                    frame(json!({"type": "p2p_disabled", "reason": "box_power", "message": why})),
+                );
+            }
+        }
+        self.p2p.refusal = why;
     }
 }
 
@@ -1611,6 +1644,41 @@ mod tests {
         // Disabling again changes nothing and tells nobody else.
         let out = recv(&mut hub, clock.at(6), 1, r#"{"type":"disable_p2p"}"#);
         assert_eq!(sends(&out), [(1, "p2p_disabled".into())]);
+    }
+
+    #[test]
+    fn a_box_on_low_battery_refuses_p2p_and_says_why() {
+        let clock = Clock::new();
+        let mut hub = hub();
+        join(&mut hub, clock.at(0), 1, "a");
+        join(&mut hub, clock.at(1), 2, "b");
+        recv(&mut hub, clock.at(2), 1, r#"{"type":"enable_p2p"}"#);
+
+        let mut out = Vec::new();
+        hub.set_p2p_refusal(Some("battery at 8%".into()), &mut out);
+        let a = to(&out, 1);
+        assert_eq!(a[0]["type"], "device_updated");
+        assert_eq!(a[0]["device"]["p2p"], false);
+        assert_eq!(
+            a[1],
+            json!({"type": "p2p_disabled", "reason": "box_power", "message": "battery at 8%"})
+        );
+        assert_eq!(sends(&to_outputs(&out, 2)), [(2, "device_updated".into())]);
+
+        // Asking again gets the reason, as often as the client likes, without being closed.
+        for i in 0..30 {
+            let out = recv(&mut hub, clock.at(3 + i), 2, r#"{"type":"enable_p2p"}"#);
+            let b = to(&out, 2);
+            assert_eq!(b.len(), 1);
+            assert_eq!(b[0]["code"], "p2p_unavailable");
+            assert_eq!(b[0]["message"], "battery at 8%");
+        }
+
+        let mut out = Vec::new();
+        hub.set_p2p_refusal(None, &mut out);
+        assert!(out.is_empty());
+        let out = recv(&mut hub, clock.at(40), 2, r#"{"type":"enable_p2p"}"#);
+        assert!(to(&out, 2).iter().any(|v| v["type"] == "p2p_enabled"));
     }
 
     /// Outputs addressed to `conn`, kept as outputs.

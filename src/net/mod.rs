@@ -3,7 +3,10 @@
 //! event-loop thread.
 
 pub mod api;
+pub mod battery;
 pub mod http;
+pub mod mdns;
+pub mod mdns_query;
 pub mod notify;
 pub mod server;
 pub mod ws;

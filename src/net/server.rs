@@ -3,7 +3,7 @@
 //! SIGINT/SIGTERM. Blocking file work goes to the single disk thread (`store::disk`).
 
 use super::http::{Conn, HeadError, Response, Traffic};
-use super::{api, notify, ws};
+use super::{api, mdns, notify, ws};
 use crate::config::Config;
 use crate::core::hub::{ConnId, Hub, HubLimits, Now};
 use crate::store::{disk::Disk, unix_ms, Store};
@@ -173,6 +173,11 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         );
         // The port actually bound, on its own line, for scripts and tests that ask for port 0.
         log::info!("listening on {local}");
+        // After the line above, so tests and scripts waiting for it see what mDNS says.
+        let advert = start_mdns(&app.cfg, local);
+        if let Some(why) = crate::termux::detect(&|k| std::env::var(k).ok()) {
+            super::battery::start(&app, &why, &ex);
+        }
         notify::send("READY=1");
         if let Some(every) = notify::watchdog_interval() {
             ex.spawn(async move {
@@ -184,6 +189,10 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             .detach();
         }
         ex.spawn(hub_timers(app.clone())).detach();
+        if let Some(advert) = &advert {
+            let advert = advert.clone();
+            ex.spawn(async move { advert.watch().await }).detach();
+        }
         let expiring = app.clone();
         ex.spawn(async move {
             loop {
@@ -231,15 +240,28 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             app.close(conn, 1001, "the box is shutting down");
         }
         let barrier = disk.run(|| ());
-        smol::future::or(barrier, async {
+        let goodbye = async {
+            if let Some(advert) = &advert {
+                advert.stop().await;
+            }
+        };
+        let barrier = smol::future::or(barrier, async {
             Timer::after(Duration::from_secs(10)).await;
-        })
-        .await;
+        });
+        smol::future::zip(barrier, goodbye).await;
         // Let writers send their close frames.
         Timer::after(Duration::from_millis(100)).await;
         log::info!("stopped");
     }));
     Ok(())
+}
+
+/// Advertises the box by mDNS on its own thread, unless turned off (see `net::mdns`).
+fn start_mdns(cfg: &Config, local: SocketAddr) -> Option<Rc<mdns::Advert>> {
+    let id = mdns::box_id(&cfg.data_dir)
+        .map_err(|e| log::warn!("mDNS is off: cannot keep the box id: {e}"))
+        .ok()?;
+    mdns::Advert::start(&cfg.mdns, local, &id).map(Rc::new)
 }
 
 /// Where a person should point a browser: the first LAN address when listening on all.

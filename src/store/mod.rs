@@ -320,6 +320,16 @@ pub struct Store {
     claimed_names: RefCell<HashSet<String>>,
     /// Bounds chunk bodies held in memory at once.
     chunk_slots: smol::lock::Semaphore,
+    /// Power saving (a phone on low battery): new uploads get at most this chunk size,
+    /// and chunks also take one of `saving_slots`. None: the configured budgets.
+    saving: Cell<Option<u64>>,
+    saving_slots: smol::lock::Semaphore,
+}
+
+/// Room for one chunk body in memory; held while the chunk is received and stored.
+pub struct ChunkSlot<'a> {
+    _slot: smol::lock::SemaphoreGuard<'a>,
+    _saving: Option<smol::lock::SemaphoreGuard<'a>>,
 }
 
 pub fn unix_ms() -> u64 {
@@ -341,6 +351,8 @@ impl Store {
         let index_path = meta.join("index.json");
         let store = Store {
             chunk_slots: smol::lock::Semaphore::new(cfg.max_chunks_in_flight),
+            saving: Cell::new(None),
+            saving_slots: smol::lock::Semaphore::new(crate::termux::LOW_CHUNKS_IN_FLIGHT),
             files_dir,
             uploads_dir,
             index_path,
@@ -590,7 +602,9 @@ impl Store {
         }
         let plan = Plan::new(
             req.size,
-            self.cfg.chunk_size,
+            self.saving
+                .get()
+                .map_or(self.cfg.chunk_size, |c| c.min(self.cfg.chunk_size)),
             self.cfg.max_chunk_size,
             self.cfg.max_chunks,
         )
@@ -725,9 +739,23 @@ impl Store {
         Ok(stored)
     }
 
-    /// Waits for room to hold one more chunk body in memory.
-    pub async fn chunk_slot(&self) -> smol::lock::SemaphoreGuard<'_> {
-        self.chunk_slots.acquire().await
+    /// Waits for room to hold one more chunk body in memory (fewer while saving power).
+    pub async fn chunk_slot(&self) -> ChunkSlot<'_> {
+        let slot = self.chunk_slots.acquire().await;
+        let saving = match self.saving.get() {
+            Some(_) => Some(self.saving_slots.acquire().await),
+            None => None,
+        };
+        ChunkSlot {
+            _slot: slot,
+            _saving: saving,
+        }
+    }
+
+    /// Saves power (Some(chunk size)) or stops saving (None). Uploads already open keep
+    /// their chunk size; chunks already in flight finish.
+    pub fn set_power_saving(&self, chunk_size: Option<u64>) {
+        self.saving.set(chunk_size);
     }
 
     /// Stores chunk `index`, whose bytes hash to `actual` (the shell hashes them as they
