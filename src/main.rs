@@ -136,23 +136,22 @@ fn main() -> ExitCode {
                 .settings(&|k| std::env::var(k).ok())
                 .ok()
                 .and_then(|t| t.get("data_dir")?.as_str().map(PathBuf::from));
-            let from_board =
-                board.board.name != "generic" && board_dir.as_ref() == Some(&cfg.data_dir);
-            lanvan::net::server::run(cfg).map_err(|e| {
-                if from_board && e.0.starts_with("cannot open the data folder") {
-                    let service = match board.board.name {
-                        "termux" => "",
-                        _ => "run the box as a service (systemd/), or ",
-                    };
-                    format!(
-                        "{}; the {} board profile keeps files there: {service}choose a folder \
-                         with --data-dir",
-                        e.0, board.board.name
-                    )
-                } else {
-                    e.0
-                }
-            })
+            let mut cfg = cfg;
+            if board.board.name != "generic"
+                && board_dir.as_ref() == Some(&cfg.data_dir)
+                && std::fs::create_dir_all(&cfg.data_dir).is_err()
+            {
+                // A board's folder (e.g. /var/lib/lanvan on a Pi) belongs to the service;
+                // someone trying the box by hand still gets a working box.
+                log::warn!(
+                    "cannot use the {} board's data folder {} (run the box as a service, see \
+                     systemd/, to keep files there); using ./lanvan-data instead",
+                    board.board.name,
+                    cfg.data_dir.display()
+                );
+                cfg.data_dir = PathBuf::from("lanvan-data");
+            }
+            lanvan::net::server::run(cfg).map_err(|e| e.0)
         }),
         Command::Config(s) => s.load().map(|(cfg, board)| {
             println!("# board: {} ({})", board.board.name, board.why);

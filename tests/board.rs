@@ -204,20 +204,35 @@ fn termux_is_detected_from_its_environment() {
 }
 
 #[test]
-fn a_boards_data_folder_that_cannot_be_made_says_what_to_do() {
+fn a_boards_data_folder_that_cannot_be_made_falls_back_to_the_working_folder() {
     let dir = temp_dir("board-nohome", false);
     let home = dir.join("not-a-folder");
     std::fs::write(&home, "a file where the home folder should be").unwrap();
-    let out = lanvan(&["serve", "--board", "termux", "--listen", "127.0.0.1:0"])
+    let mut child = lanvan(&["serve", "--board", "termux", "--listen", "127.0.0.1:0"])
         .env("HOME", &home)
-        .output()
+        .current_dir(&dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut seen = String::new();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("LANVan is serving") {
+            break;
+        }
+    }
+    child.kill().ok();
+    child.wait().ok();
     assert!(
-        err.contains("the termux board profile keeps files there: choose a folder with --data-dir"),
-        "{err}"
+        seen.contains("cannot use the termux board's data folder")
+            && seen.contains("using ./lanvan-data instead"),
+        "{seen}"
     );
+    assert!(seen.contains("LANVan is serving"), "{seen}");
+    assert!(dir.join("lanvan-data").is_dir());
     // A folder given by the user is the user's: no word about the profile.
     let out = lanvan(&["serve", "--board", "pi4", "--listen", "127.0.0.1:0", "-d"])
         .arg(home.join("x"))
