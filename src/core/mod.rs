@@ -6,4 +6,5 @@ pub mod hash;
 pub mod hub;
 pub mod names;
 pub mod range;
+pub mod ring;
 pub mod upload;
