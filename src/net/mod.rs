@@ -5,5 +5,6 @@
 pub mod api;
 pub mod http;
 pub mod notify;
+pub mod relay;
 pub mod server;
 pub mod ws;

@@ -78,6 +78,7 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
         return;
     }
     app.dispatch(out);
+    app.relay_connect(conn_id, &device_id);
 
     // At least two pings per heartbeat timeout, whatever the interval says: with fewer, a
     // device that only listens would be dropped as silent before it was ever asked.
@@ -97,6 +98,11 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
             .await;
             let (msg, last) = match next {
                 Some(Outbound::Text(t)) => (Message::Text(Utf8Bytes::from(&*t)), false),
+                Some(Outbound::Chunk(id, index)) => match app.chunk_frame(id, index) {
+                    Some(frame) => (Message::Binary(frame.into()), false),
+                    // Cancelled or rewound since it was queued: nothing to send.
+                    None => continue,
+                },
                 Some(Outbound::Ping) => {
                     next_ping = Instant::now() + heartbeat;
                     (Message::Ping(Default::default()), false)
@@ -126,17 +132,13 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
         while let Some(frame) = frames.next().await {
             let mut out = Vec::new();
             match frame {
+                Ok(Message::Text(text)) if app.relay_text(conn_id, text.as_str()) => {}
                 Ok(Message::Text(text)) => {
                     app.hub
                         .borrow_mut()
                         .receive_text(app.now(), conn_id, text.as_str(), &mut out);
                 }
-                Ok(Message::Binary(_)) => {
-                    app.hub.borrow_mut().heard_from(app.now(), conn_id);
-                    let msg = serde_json::json!({"type": "error", "code": "unexpected_binary",
-                        "message": "binary frames carry relay transfers, which this box does not take yet"});
-                    app.send_to(conn_id, msg.to_string().into());
-                }
+                Ok(Message::Binary(frame)) => app.relay_chunk(conn_id, &frame),
                 Ok(Message::Close(_)) => return true,
                 Ok(_) => app.hub.borrow_mut().heard_from(app.now(), conn_id),
                 Err(e) => {
@@ -180,6 +182,7 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
         .borrow_mut()
         .disconnect(app.now(), conn_id, &mut out);
     app.dispatch(out);
+    app.relay_disconnect(conn_id);
 }
 
 impl App {
