@@ -277,9 +277,9 @@ impl Config {
             ));
         }
         let r = &self.relay;
-        if r.chunk_size < 4096 || r.chunk_size + 64 > self.ws.max_message_bytes {
+        if r.chunk_size < 4096 || r.chunk_size > 16 << 20 {
             return Err(ConfigError(
-                "relay.chunk_size must be at least 4 KiB and fit in ws.max_message_bytes".into(),
+                "relay.chunk_size must be at least 4 KiB and at most 16 MiB".into(),
             ));
         }
         if r.slots() == 0 || r.slots() > u16::MAX as usize || r.max_transfers == 0 {

@@ -1533,8 +1533,10 @@ impl Relay {
         match result {
             Ok(got) if Some(got) == Digest::from_hex(&entry.sha256) => {
                 let mut entry = entry;
-                entry.stored_at = now.unix_ms;
-                let expires_at = now.unix_ms.saturating_add(self.limits.inbox_ttl_ms);
+                if entry.stored_at == 0 {
+                    entry.stored_at = now.unix_ms;
+                }
+                let expires_at = entry.stored_at.saturating_add(self.limits.inbox_ttl_ms);
                 self.send_to_device(
                     &t.from,
                     json!({"type": "relay_stored", "id": id, "inbox_id": entry.key,

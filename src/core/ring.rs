@@ -65,14 +65,17 @@ const CLOSED: LaneState = LaneState {
 /// without credit waits; nothing is allocated.
 ///
 /// **Fairness.** Each open lane may hold (filled plus reserved) at most
-/// `max(1, slots / open lanes)` slots. When a new transfer starts, a lane above its new
-/// share gets no further credit; as its receiver acknowledges, the freed slots go to lanes
-/// under their share. So one fast pair cannot keep a slow or new pair from making progress.
+/// `max(1, slots / (open lanes + 1))` slots: the lanes' shares always leave one share free
+/// for the next transfer to start at once, even while every other receiver has stopped
+/// reading. When a new transfer starts, a lane above its new share gets no further credit;
+/// as its receiver acknowledges, the freed slots go to lanes under their share. So one fast
+/// pair cannot keep a slow or new pair from making progress.
 ///
-/// **A receiver that vanishes.** Its lane stops draining, so its sender stops getting
-/// credit: only that lane's share is held. The owner then calls [`ChunkRing::reset`]
-/// (keep the lane, drop its chunks and credit: the sender resends from the last
-/// acknowledged chunk) or [`ChunkRing::close`] (the transfer is over).
+/// **A receiver that stops reading or vanishes.** Its lane stops draining, so its sender
+/// stops getting credit: only that lane's share is held, and the others keep flowing. The
+/// owner then calls [`ChunkRing::reset`] (keep the lane, drop its chunks and credit: the
+/// sender resends from the last acknowledged chunk) or [`ChunkRing::close`] (the transfer
+/// is over).
 pub struct ChunkRing {
     storage: Box<[u8]>,
     slot_size: usize,
@@ -129,9 +132,9 @@ impl ChunkRing {
         self.free_len - self.reserved
     }
 
-    /// The most slots one lane may hold now: `max(1, slots / open lanes)`.
+    /// The most slots one lane may hold now: `max(1, slots / (open lanes + 1))`.
     pub fn fair_share(&self) -> usize {
-        (self.slots.len() / self.open_lanes.max(1)).max(1)
+        (self.slots.len() / (self.open_lanes + 1)).max(1)
     }
 }
 
@@ -301,28 +304,44 @@ mod tests {
 
     #[test]
     fn full_ring_gives_no_credit_until_a_release() {
-        let mut r = ChunkRing::new(3, 4, 1);
+        // Six slots, two lanes: each may hold 6 / 3 = 2, and a third lane gets the rest.
+        let mut r = ChunkRing::new(6, 4, 3);
         let a = r.open().unwrap();
-        assert_eq!(r.grant(a, 10), 3);
-        assert_eq!(r.grant(a, 1), 0, "no credit past the ring");
-        for c in [b"aaaa", b"bbbb", b"cccc"] {
+        let b = r.open().unwrap();
+        assert_eq!(r.grant(a, 10), 2, "no more than the share");
+        assert_eq!(r.grant(b, 10), 2);
+        for c in [b"aaaa", b"bbbb"] {
             r.push(a, c).unwrap();
         }
-        assert_eq!(r.push(a, b"dddd"), Err(PushError::NoCredit));
-        assert_eq!(r.available(), 0);
-        assert_eq!(r.grant(a, 1), 0, "full: the sender waits");
+        r.push(b, b"xx").unwrap();
+        r.push(b, b"yy").unwrap();
+        let c = r.open().unwrap();
+        assert_eq!(r.fair_share(), 1);
+        assert_eq!(r.grant(c, 10), 1, "the share kept free serves a newcomer");
+        r.push(c, b"zz").unwrap();
+        assert_eq!(r.available(), 1);
+        assert_eq!(r.push(a, b"cccc"), Err(PushError::NoCredit));
+        assert_eq!(r.grant(a, 1), 0, "above its share: the sender waits");
+        assert_eq!(r.grant(c, 1), 0);
+        assert_eq!(r.release(c, 2), 1);
+        r.close(c);
+        r.close(b);
+        // a is alone now: share 6 / 2 = 3, it holds 2.
+        assert_eq!(r.grant(a, 5), 1);
+        r.push(a, b"cccc").unwrap();
         assert_eq!(r.release(a, 1), 1);
         assert_eq!(r.grant(a, 5), 1);
         r.push(a, b"dddd").unwrap();
         let got: Vec<&[u8]> = (0..3).map(|i| r.get(a, i).unwrap()).collect();
         assert_eq!(got, [b"bbbb", b"cccc", b"dddd"]);
+        assert_eq!(r.available(), 3);
     }
 
     #[test]
     fn slots_wrap_around_and_keep_their_bytes() {
-        let mut r = ChunkRing::new(3, 2, 1);
+        let mut r = ChunkRing::new(5, 2, 1);
         let a = r.open().unwrap();
-        // 10 rounds of two chunks through three slots: the free ring wraps several times.
+        // 10 rounds of two chunks through five slots: the free ring wraps several times.
         for round in 0u8..10 {
             assert_eq!(r.grant(a, 2), 2);
             r.push(a, &[round, 0]).unwrap();
@@ -331,12 +350,12 @@ mod tests {
             assert_eq!(r.get(a, 1), Some(&[round, 1][..]));
             assert_eq!(r.release(a, 2), 2);
         }
-        assert_eq!(r.available(), 3);
+        assert_eq!(r.available(), 5);
     }
 
     #[test]
     fn short_and_oversized_chunks() {
-        let mut r = ChunkRing::new(2, 4, 1);
+        let mut r = ChunkRing::new(4, 4, 1);
         let a = r.open().unwrap();
         r.grant(a, 2);
         assert_eq!(r.push(a, b"12345"), Err(PushError::TooLarge));
@@ -349,34 +368,34 @@ mod tests {
 
     #[test]
     fn one_lane_cannot_take_more_than_its_share() {
-        let mut r = ChunkRing::new(8, 1, 4);
+        let mut r = ChunkRing::new(12, 1, 4);
         let fast = r.open().unwrap();
-        assert_eq!(
-            r.grant(fast, 100),
-            8,
-            "alone, a lane may use the whole ring"
-        );
-        for _ in 0..8 {
+        assert_eq!(r.grant(fast, 100), 6, "alone, a lane may use half the ring");
+        for _ in 0..6 {
             r.push(fast, b"f").unwrap();
         }
         let slow = r.open().unwrap();
         assert_eq!(r.fair_share(), 4);
-        assert_eq!(r.grant(slow, 1), 0, "nothing is free yet");
-        // The fast receiver acknowledges one chunk: the freed slot goes to the new lane,
+        assert_eq!(
+            r.grant(slow, 10),
+            4,
+            "the free half serves a newcomer at once"
+        );
+        let third = r.open().unwrap();
+        assert_eq!(r.fair_share(), 3);
+        assert_eq!(r.grant(third, 10), 2, "what is left");
+        // The fast receiver acknowledges: the freed slot goes to the lane under its share,
         // and the fast lane, above its share, gets none back.
         r.release(fast, 1);
         assert_eq!(r.grant(fast, 1), 0);
-        assert_eq!(r.grant(slow, 1), 1);
+        assert_eq!(r.grant(third, 1), 1);
         r.release(fast, 3);
-        assert_eq!(r.grant(slow, 10), 3, "up to the share of 4");
-        assert_eq!(r.grant(fast, 10), 0, "fast holds 4 = its share");
-        r.release(fast, 1);
-        assert_eq!(r.grant(fast, 10), 1);
+        assert_eq!(r.grant(fast, 10), 1, "fast holds 2, its share is 3");
     }
 
     #[test]
     fn cancelling_one_lane_leaves_the_others_flowing() {
-        let mut r = ChunkRing::new(6, 1, 3);
+        let mut r = ChunkRing::new(8, 1, 3);
         let lanes: Vec<Lane> = (0..3).map(|_| r.open().unwrap()).collect();
         for (i, &l) in lanes.iter().enumerate() {
             assert_eq!(r.grant(l, 2), 2);
@@ -387,7 +406,7 @@ mod tests {
         assert_eq!(r.push(lanes[1], b"x"), Err(PushError::Closed));
         assert_eq!(
             r.available(),
-            6 - 2 - 2,
+            8 - 2 - 2,
             "its slot and its credit came back"
         );
         // The others keep their chunks and their credit.
@@ -395,7 +414,13 @@ mod tests {
         assert_eq!(r.get(lanes[2], 0), Some(&[2u8][..]));
         r.push(lanes[0], b"a").unwrap();
         r.push(lanes[2], b"c").unwrap();
-        assert_eq!(r.fair_share(), 3, "two lanes share six slots");
+        assert_eq!(
+            r.fair_share(),
+            2,
+            "two lanes and a newcomer share eight slots"
+        );
+        assert_eq!(r.grant(lanes[0], 5), 0, "lane 0 holds its two");
+        r.release(lanes[0], 1);
         assert_eq!(r.grant(lanes[0], 5), 1);
         // A closed lane's number is reused by the next open.
         assert_eq!(r.open(), Some(lanes[1]));
@@ -405,7 +430,7 @@ mod tests {
     fn reset_drops_chunks_and_credit_but_keeps_the_lane() {
         let mut r = ChunkRing::new(4, 1, 1);
         let a = r.open().unwrap();
-        r.grant(a, 4);
+        r.grant(a, 2);
         r.push(a, b"1").unwrap();
         r.push(a, b"2").unwrap();
         assert_eq!(r.reset(a), 2);
@@ -413,6 +438,24 @@ mod tests {
         assert_eq!(r.grant(a, 1), 1);
         r.push(a, b"3").unwrap();
         assert_eq!(r.get(a, 0), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn more_lanes_than_slots_fill_the_ring() {
+        let mut r = ChunkRing::new(2, 1, 3);
+        let lanes: Vec<Lane> = (0..3).map(|_| r.open().unwrap()).collect();
+        assert_eq!(r.fair_share(), 1, "never below one slot");
+        assert_eq!(r.grant(lanes[0], 5), 1);
+        assert_eq!(r.grant(lanes[1], 5), 1);
+        assert_eq!(r.available(), 0);
+        assert_eq!(r.grant(lanes[2], 5), 0, "full: the third waits");
+        r.push(lanes[0], b"a").unwrap();
+        r.release(lanes[0], 1);
+        assert_eq!(
+            r.grant(lanes[2], 5),
+            1,
+            "the first release goes to the one waiting"
+        );
     }
 
     #[test]

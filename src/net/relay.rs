@@ -277,7 +277,9 @@ pub async fn inbox_worker(app: Rc<App>, jobs: smol::channel::Receiver<InboxJob>)
                     .map_err(|e| e.to_string());
                 app.relay.borrow_mut().inbox_written(id, index, r, &mut out);
             }
-            InboxJob::Finish { id, entry } => {
+            InboxJob::Finish { id, mut entry } => {
+                // Stamped before it is written, so the record on disk has its time.
+                entry.stored_at = crate::store::unix_ms();
                 let r = app
                     .inbox
                     .finish(entry.clone())

@@ -43,11 +43,16 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
         inner: conn.stream,
     };
     let limits = &app.cfg.ws;
+    // Relay chunk frames may be larger than text messages; text is held to its own limit
+    // below.
+    let max_text = limits.max_message_bytes as usize;
+    let max_frame =
+        max_text.max(app.cfg.relay.chunk_size as usize + crate::core::relay::HEADER_LEN);
     let config = async_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
-        .max_message_size(Some(limits.max_message_bytes as usize))
-        .max_frame_size(Some(limits.max_message_bytes as usize));
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
     let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
     let (mut sink, mut frames) = ws.split();
 
@@ -132,6 +137,14 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
         while let Some(frame) = frames.next().await {
             let mut out = Vec::new();
             match frame {
+                Ok(Message::Text(text)) if text.len() > max_text => {
+                    let msg = serde_json::json!({"type": "error", "code": "bad_frame",
+                        "message": format!("the socket is closed: Message too long: {} > {max_text}", text.len())});
+                    app.send_to(conn_id, msg.to_string().into());
+                    app.close(conn_id, 1009, "bad frame");
+                    Timer::after(Duration::from_millis(200)).await;
+                    break;
+                }
                 Ok(Message::Text(text)) if app.relay_text(conn_id, text.as_str()) => {}
                 Ok(Message::Text(text)) => {
                     app.hub
