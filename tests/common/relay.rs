@@ -122,13 +122,19 @@ pub enum Data {
         size: u64,
         seed: u64,
     },
+    /// `size` bytes: `block` over and over with the chunk index in its first 4 bytes; costs
+    /// the sender a copy, not a generator (for the benchmark).
+    Cycle {
+        size: u64,
+        block: std::sync::Arc<Vec<u8>>,
+    },
 }
 
 impl Data {
     pub fn size(&self) -> u64 {
         match self {
             Data::Bytes(b) => b.len() as u64,
-            Data::Pattern { size, .. } => *size,
+            Data::Pattern { size, .. } | Data::Cycle { size, .. } => *size,
         }
     }
 
@@ -138,6 +144,11 @@ impl Data {
         buf.clear();
         match self {
             Data::Bytes(b) => buf.extend_from_slice(&b[start as usize..start as usize + len]),
+            Data::Cycle { block, .. } => {
+                buf.extend_from_slice(&block[..len]);
+                let n = len.min(4);
+                buf[..n].copy_from_slice(&index.to_le_bytes()[..n]);
+            }
             Data::Pattern { seed, .. } => {
                 buf.resize(len, 0);
                 let mut x = (seed ^ u64::from(index)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -268,6 +279,8 @@ pub struct Client {
     pub gone: bool,
     /// Bytes this receiver already has of a send that starts past chunk 0.
     pub have_prefix: Vec<u8>,
+    /// Receive without hashing and report this instead (the benchmark measures the box).
+    pub fake_hash: Option<String>,
     buf: Vec<u8>,
 }
 
@@ -284,6 +297,7 @@ impl Client {
             offering: Vec::new(),
             gone: false,
             have_prefix: Vec::new(),
+            fake_hash: None,
             buf: Vec::new(),
         }
     }
@@ -494,7 +508,7 @@ impl Client {
                     bytes,
                     received: 0,
                     hasher,
-                    fake_hash: None,
+                    fake_hash: self.fake_hash.clone(),
                     events: vec![v.clone()],
                     result: None,
                     sha256: None,
