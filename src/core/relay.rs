@@ -1660,3 +1660,267 @@ fn sha_field(msg: &Map<String, Value>) -> Result<Digest, Reject> {
         .and_then(Digest::from_hex)
         .ok_or_else(|| reject("missing_field", "field `sha256` must be 64 hex digits"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: ConnId = 1;
+    const B: ConnId = 2;
+
+    struct World {
+        relay: Relay,
+        now: Now,
+        out: Vec<RelayOutput>,
+    }
+
+    impl World {
+        /// A relay with 4-byte chunks and 8 slots, and devices a (conn 1) and b (conn 2).
+        fn new() -> World {
+            let limits = RelayLimits {
+                chunk_size: 4,
+                slots: 8,
+                max_transfers: 4,
+                grace: Duration::from_secs(30),
+                offer_timeout: Duration::from_secs(60),
+                ..RelayLimits::default()
+            };
+            let mut w = World {
+                relay: Relay::new(limits, Vec::new(), 42),
+                now: Now {
+                    at: Instant::now(),
+                    unix_ms: 1_000_000,
+                },
+                out: Vec::new(),
+            };
+            w.relay.connect(w.now, A, "a", "Anna", &mut w.out);
+            w.relay.connect(w.now, B, "b", "Ben", &mut w.out);
+            w
+        }
+
+        fn text(&mut self, conn: ConnId, msg: Value) {
+            assert!(self
+                .relay
+                .receive_text(self.now, conn, &msg.to_string(), &mut self.out));
+        }
+
+        fn chunk(&mut self, conn: ConnId, id: u32, index: u32, payload: &[u8]) {
+            let mut f = encode_header(id, index).to_vec();
+            f.extend_from_slice(payload);
+            self.relay.receive_chunk(self.now, conn, &f, &mut self.out);
+        }
+
+        fn later(&mut self, secs: u64) {
+            self.now.at += Duration::from_secs(secs);
+            self.now.unix_ms += secs * 1000;
+            self.relay.handle_timeout(self.now, &mut self.out);
+        }
+
+        /// JSON messages sent to `conn` since the last call (and forgets all output).
+        fn take(&mut self, conn: ConnId) -> Vec<Value> {
+            let got = self
+                .out
+                .iter()
+                .filter_map(|o| match o {
+                    RelayOutput::Send { conn: c, text } if *c == conn => {
+                        Some(serde_json::from_str(text).unwrap())
+                    }
+                    _ => None,
+                })
+                .collect();
+            self.out.clear();
+            got
+        }
+
+        /// JSON messages sent to `conn` since the last call, keeping the output.
+        fn clone_msgs(&self, conn: ConnId) -> Vec<Value> {
+            self.out
+                .iter()
+                .filter_map(|o| match o {
+                    RelayOutput::Send { conn: c, text } if *c == conn => {
+                        Some(serde_json::from_str(text).unwrap())
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// Chunk indexes forwarded to `conn` in the pending output, with their bytes.
+        fn forwarded(&self, conn: ConnId) -> Vec<(u32, Vec<u8>)> {
+            self.out
+                .iter()
+                .filter_map(|o| match o {
+                    RelayOutput::Chunk { conn: c, id, index } if *c == conn => {
+                        Some((*index, self.relay.chunk(*id, *index).unwrap().to_vec()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// a offers `size` bytes to b and b accepts; returns the transfer id.
+        fn running(&mut self, size: u64) -> u32 {
+            self.text(
+                A,
+                json!({"type": "relay_offer", "to": "b", "name": "f", "size": size}),
+            );
+            let id = self.take(A)[0]["id"].as_u64().unwrap() as u32;
+            self.text(B, json!({"type": "relay_accept", "id": id}));
+            id
+        }
+    }
+
+    fn of_type<'a>(msgs: &'a [Value], ty: &str) -> Option<&'a Value> {
+        msgs.iter().find(|m| m["type"] == ty)
+    }
+
+    #[test]
+    fn header_round_trip_and_short_frames() {
+        let h = encode_header(0x0102_0304, 7);
+        assert_eq!(h, [1, 2, 3, 4, 0, 0, 0, 7]);
+        let mut f = h.to_vec();
+        f.extend_from_slice(b"xy");
+        assert_eq!(decode_header(&f), Some((0x0102_0304, 7, &b"xy"[..])));
+        assert_eq!(decode_header(&f[..7]), None);
+    }
+
+    #[test]
+    fn a_send_runs_with_credit_acks_and_a_hash_check() {
+        let mut w = World::new();
+        let data = b"0123456789"; // 3 chunks of 4, 4, 2 bytes
+        let id = w.running(10);
+        let a = w.take(A);
+        assert!(of_type(&a, "relay_accepted").is_some());
+        // Alone, the transfer may hold half the ring (8 / 2 = 4 slots): all 3 chunks.
+        assert_eq!(of_type(&a, "relay_window").unwrap()["window_end"], 3);
+        w.chunk(A, id, 0, &data[..4]);
+        w.chunk(A, id, 1, &data[4..8]);
+        w.chunk(A, id, 2, &data[8..]);
+        assert_eq!(
+            w.forwarded(B),
+            vec![
+                (0, b"0123".to_vec()),
+                (1, b"4567".to_vec()),
+                (2, b"89".to_vec())
+            ]
+        );
+        w.out.clear();
+        w.text(B, json!({"type": "relay_ack", "id": id, "acked": 2}));
+        assert_eq!(of_type(&w.take(A), "relay_window").unwrap()["acked"], 2);
+        let sha = Digest::of(data).to_hex();
+        w.text(A, json!({"type": "relay_end", "id": id, "sha256": sha}));
+        w.text(B, json!({"type": "relay_done", "id": id, "sha256": sha}));
+        let done = w.take(A);
+        assert_eq!(of_type(&done, "relay_complete").unwrap()["sha256"], sha);
+        assert_eq!(w.relay.transfer_count(), 0);
+    }
+
+    #[test]
+    fn credit_is_bounded_by_the_ring_and_freed_by_acks() {
+        let mut w = World::new();
+        let id = w.running(400); // 100 chunks
+        assert_eq!(
+            of_type(&w.take(A), "relay_window").unwrap()["window_end"],
+            4
+        );
+        for i in 0..4 {
+            w.chunk(A, id, i, b"abcd");
+        }
+        w.out.clear();
+        w.chunk(A, id, 4, b"abcd");
+        let e = w.take(A);
+        assert_eq!(e[0]["code"], "window_exceeded");
+        w.text(B, json!({"type": "relay_ack", "id": id, "acked": 3}));
+        assert_eq!(
+            of_type(&w.take(A), "relay_window").unwrap()["window_end"],
+            7
+        );
+    }
+
+    #[test]
+    fn a_dropped_receiver_pauses_and_resumes_from_its_last_ack() {
+        let mut w = World::new();
+        let id = w.running(40);
+        for i in 0..4 {
+            w.chunk(A, id, i, b"abcd");
+        }
+        w.text(B, json!({"type": "relay_ack", "id": id, "acked": 2}));
+        w.out.clear();
+        w.relay.disconnect(w.now, B, &mut w.out);
+        let p = w.take(A);
+        assert_eq!(of_type(&p, "relay_paused").unwrap()["acked"], 2);
+        // Chunks sent meanwhile are dropped without a word.
+        w.chunk(A, id, 4, b"abcd");
+        assert!(w.take(A).is_empty());
+        w.later(10);
+        w.relay.connect(w.now, 3, "b", "Ben", &mut w.out);
+        let to_b: Vec<Value> = w.take(3);
+        let r = of_type(&to_b, "relay_resume").unwrap();
+        assert_eq!(
+            (r["from_chunk"].as_u64(), r["role"].as_str()),
+            (Some(2), Some("receiver"))
+        );
+        // The receiver says it has 3: the box continues from there.
+        w.text(3, json!({"type": "relay_ack", "id": id, "acked": 3}));
+        let a = w.take(A);
+        assert_eq!(of_type(&a, "relay_window").unwrap()["acked"], 3);
+        w.chunk(A, id, 3, b"abcd");
+        assert_eq!(w.forwarded(3), vec![(3, b"abcd".to_vec())]);
+    }
+
+    #[test]
+    fn a_paused_transfer_fails_after_the_grace_period() {
+        let mut w = World::new();
+        let id = w.running(40);
+        w.relay.disconnect(w.now, A, &mut w.out);
+        w.out.clear();
+        w.later(29);
+        assert!(w.take(B).is_empty());
+        w.later(1);
+        let f = w.take(B);
+        assert_eq!(of_type(&f, "relay_failed").unwrap()["code"], "peer_gone");
+        assert_eq!(of_type(&f, "relay_failed").unwrap()["id"], id);
+        assert_eq!(w.relay.transfer_count(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_offer_goes_to_the_inbox_or_fails() {
+        let mut w = World::new();
+        w.text(A, json!({"type": "relay_offer", "to": "b", "name": "f", "size": 4, "accept_timeout_ms": 5000}));
+        w.text(A, json!({"type": "relay_offer", "to": "b", "name": "g", "size": 4, "accept_timeout_ms": 5000, "inbox": true}));
+        w.out.clear();
+        w.later(4);
+        assert!(w.out.is_empty(), "not yet");
+        w.later(1);
+        assert!(w
+            .out
+            .iter()
+            .any(|o| matches!(o, RelayOutput::InboxOpen { size: 4, .. })));
+        let to_b = w.clone_msgs(B);
+        assert!(to_b.iter().any(|m| m["reason"] == "moved_to_inbox"));
+        assert!(to_b.iter().any(|m| m["reason"] == "timeout"));
+        let to_a = w.take(A);
+        assert_eq!(
+            of_type(&to_a, "relay_failed").unwrap()["code"],
+            "not_accepted"
+        );
+        assert!(of_type(&to_a, "relay_to_inbox").is_some());
+    }
+
+    #[test]
+    fn only_the_sender_may_send_chunks_and_only_the_receiver_ack() {
+        let mut w = World::new();
+        let id = w.running(8);
+        w.out.clear();
+        w.chunk(B, id, 0, b"abcd");
+        assert_eq!(w.take(B)[0]["code"], "not_yours");
+        w.text(A, json!({"type": "relay_ack", "id": id, "acked": 1}));
+        assert_eq!(w.take(A)[0]["code"], "not_yours");
+        w.chunk(A, 999, 0, b"abcd");
+        assert_eq!(w.take(A)[0]["code"], "unknown_transfer");
+        w.chunk(A, id, 0, b"abcde");
+        assert_eq!(w.take(A)[0]["code"], "chunk_too_large");
+        w.relay.receive_chunk(w.now, A, b"abc", &mut w.out);
+        assert_eq!(w.take(A)[0]["code"], "bad_header");
+    }
+}

@@ -314,11 +314,12 @@ pub async fn relay_timers(app: Rc<App>) {
     loop {
         let now = app.now();
         let next = app.relay.borrow().poll_timeout(now);
-        // At most 250 ms between looks: offers made meanwhile may have nearer deadlines.
+        // At most 1 s between looks (offers made meanwhile may have nearer deadlines, so
+        // an offer times out up to 1 s late), and no wake-ups faster than that when idle.
         let wait = next
             .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_millis(250))
-            .min(Duration::from_millis(250));
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
         Timer::after(wait).await;
         let mut out = Vec::new();
         app.relay.borrow_mut().handle_timeout(app.now(), &mut out);
