@@ -675,3 +675,146 @@ fn a_wrong_hash_at_completion_fails_the_transfer_on_both_sides() {
         "hash_mismatch"
     );
 }
+
+#[test]
+fn a_killed_sender_socket_resumes_from_the_last_acknowledged_chunk() {
+    let lv = Lanvan::start("relay-kill-sender", &["relay.grace_secs=20"]);
+    let data = pseudo_random(23, 12 * MIB + 77);
+    let b = run(Client::connect(lv.addr, "phone"), 60);
+    let mut a = Client::connect(lv.addr, "laptop");
+    a.offer(Outgoing::new(
+        "phone",
+        "resume.bin",
+        Data::Bytes(data.clone()),
+    ));
+    assert!(a.run_until(30, |c| c.out[0].acked >= 8));
+    a.ws.get_mut().shutdown(std::net::Shutdown::Both).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    a.reconnect(lv.addr);
+    assert!(a.run_until(60, Client::all_ended));
+    let b = b.join().unwrap();
+    let id = a.out[0].id.unwrap();
+    let paused = b.inc[&id]
+        .events
+        .iter()
+        .find(|e| e["type"] == "relay_paused")
+        .expect("receiver paused");
+    let resume = a.out[0]
+        .events
+        .iter()
+        .find(|e| e["type"] == "relay_resume")
+        .expect("sender resumed");
+    assert_eq!(resume["role"], "sender");
+    // Chunks already on their way to the receiver when the sender vanished still count:
+    // the receiver acks them during the pause, and the sender resumes after them.
+    let from = resume["from_chunk"].as_u64().unwrap();
+    assert!(
+        from >= paused["acked"].as_u64().unwrap() && from >= 8,
+        "{resume} {paused}"
+    );
+    let resent = a.out[0].sent - u64::from(a.out[0].chunks);
+    assert!(
+        resent <= 32,
+        "resent {resent} chunks: only the unacknowledged window"
+    );
+    assert_eq!(a.out[0].result_type(), Some("relay_complete"));
+    assert_received(&b, id, &data);
+}
+
+#[test]
+fn an_inbox_send_over_the_quota_is_refused_and_leaves_nothing() {
+    let lv = Lanvan::start("relay-quota", &["store.quota=2MiB"]);
+    let mut a = Client::connect(lv.addr, "a");
+    let mut o = Outgoing::new("away", "huge.bin", Data::Bytes(pseudo_random(3, 3 * MIB)));
+    o.inbox = true;
+    a.offer(o);
+    assert!(a.run_until(10, Client::all_ended));
+    let r = a.out[0].result.clone().unwrap();
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("relay_failed"), Some("no_space")),
+        "{r}"
+    );
+    assert!(r["message"].as_str().unwrap().contains("quota"), "{r}");
+    assert_eq!(a.out[0].sent, 0);
+    // A send that fits still works, and counts against the quota for uploads.
+    let small = pseudo_random(4, MIB + 5);
+    let mut o = Outgoing::new("away", "fits.bin", Data::Bytes(small));
+    o.inbox = true;
+    let i = a.offer(o);
+    assert!(a.run_until(10, |c| c.out[i].result.is_some()));
+    assert_eq!(a.out[i].result_type(), Some("relay_stored"));
+    let up = lv.json(
+        "POST",
+        "/api/uploads",
+        &json!({"name": "x.bin", "size": MIB}),
+    );
+    assert_eq!(up.status, 507, "{up:?}");
+    let inbox = lv.data.join(".lanvan/inbox");
+    let files = std::fs::read_dir(&inbox).unwrap().count();
+    assert_eq!(
+        files, 2,
+        "one .part and one .json: the refused send left nothing"
+    );
+}
+
+#[test]
+fn a_sender_that_was_away_hears_its_send_was_delivered() {
+    let lv = Lanvan::start("relay-notice", &[]);
+    let mut a = Client::connect(lv.addr, "a");
+    let data = pseudo_random(8, 300 * KIB);
+    let mut o = Outgoing::new("b", "note.bin", Data::Bytes(data.clone()));
+    o.inbox = true;
+    a.offer(o);
+    assert!(a.run_until(10, Client::all_ended));
+    let key = a.out[0].result.as_ref().unwrap()["inbox_id"].clone();
+    drop(a);
+    let mut b = Client::connect(lv.addr, "b");
+    assert!(b.run_until(10, |c| !c.inc.is_empty() && c.all_ended()));
+    assert_received(&b, *b.inc.keys().next().unwrap(), &data);
+    let mut a = Client::connect(lv.addr, "a");
+    assert!(a.run_until(5, |c| c.seen.iter().any(|v| v["type"] == "relay_delivered")));
+    let d = a
+        .seen
+        .iter()
+        .find(|v| v["type"] == "relay_delivered")
+        .unwrap();
+    assert_eq!(d["inbox_id"], key);
+    assert_eq!(d["to"], "b");
+}
+
+#[test]
+fn box_memory_does_not_grow_with_the_bytes_relayed() {
+    let lv = Lanvan::start("relay-memory", &[]);
+    let block = std::sync::Arc::new(pseudo_random(9, 256 * KIB));
+    let relay = |gib_eighths: u64, n: u32| {
+        let size = gib_eighths * 128 * MIB as u64;
+        let mut b = Client::connect(lv.addr, &format!("mem-b{n}"));
+        b.keep = false;
+        let b = run(b, 120);
+        let mut a = Client::connect(lv.addr, &format!("mem-a{n}"));
+        a.offer(Outgoing::new(
+            &format!("mem-b{n}"),
+            "m.bin",
+            Data::Cycle {
+                size,
+                block: block.clone(),
+            },
+        ));
+        assert!(a.run_until(120, Client::all_ended));
+        assert_eq!(a.out[0].result_type(), Some("relay_complete"));
+        assert_eq!(
+            b.join().unwrap().inc.values().next().unwrap().received,
+            size
+        );
+    };
+    relay(1, 0); // 128 MiB: the ring's pages are touched
+    let after_first = lv.status()["rss_peak_bytes"].as_u64().unwrap();
+    relay(8, 1); // 1 GiB more
+    let after_more = lv.status()["rss_peak_bytes"].as_u64().unwrap();
+    assert!(
+        after_more < after_first + 4 * MIB as u64,
+        "peak RSS grew from {after_first} to {after_more} bytes"
+    );
+    assert!(after_more < 64 * MIB as u64, "peak RSS {after_more} bytes");
+}

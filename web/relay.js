@@ -38,7 +38,8 @@
 //         onError({code, message})      relay_failed (e.g. hash_mismatch, peer_gone) or a refused offer
 //       t.cancel(reason) cancels it; t.id is the transfer id once offered.
 //   Notices about earlier inbox sends arrive as onNotice(msg) with msg.type
-//       "relay_delivered" | "relay_expired" | "relay_declined" (each with inbox_id, to, name).
+//       "relay_delivered" | "relay_expired" | "relay_declined" (each with inbox_id, to, name),
+//       also right after a (re)connect for what happened while this device was away.
 //
 //   onOffer(offer)
 //       offer = {id, from, fromName, name, size, sha256, stored, storedAt, startChunk,

@@ -15,7 +15,7 @@ use super::hub::{valid_device_id, ConnId, Now};
 use super::ring::{ChunkRing, Lane, PushError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -270,6 +270,9 @@ pub struct Relay {
     inbox: Vec<InboxEntry>,
     /// Source of inbox keys; the shell seeds it with randomness.
     key_seed: u64,
+    /// `relay_delivered`/`relay_expired`/`relay_declined` for senders that were away, by
+    /// device; at most `max_inbox`, oldest dropped first.
+    notices: VecDeque<(String, Value)>,
 }
 
 // Lifecycle: construction, devices coming and going, time passing.
@@ -287,6 +290,7 @@ impl Relay {
             online: HashMap::new(),
             inbox,
             key_seed: key_seed | 1,
+            notices: VecDeque::new(),
         }
     }
 
@@ -313,6 +317,14 @@ impl Relay {
             },
         );
         self.online.insert(device.to_owned(), conn);
+        // What became of its stored sends while it was away.
+        let (mine, others): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.notices)
+            .into_iter()
+            .partition(|(d, _)| d == device);
+        self.notices = others;
+        for (_, msg) in mine {
+            send(out, conn, msg);
+        }
         let ids: Vec<TransferId> = self
             .transfers
             .values()
@@ -487,7 +499,7 @@ impl Relay {
             });
         self.inbox = kept;
         for e in expired {
-            self.send_to_device(
+            self.notify_sender(
                 &e.from,
                 json!({"type": "relay_expired", "inbox_id": e.key, "to": e.to, "name": e.name}),
                 out,
@@ -870,7 +882,7 @@ impl Relay {
         if let End::Inbox(key) = &t.source {
             self.inbox.retain(|e| &e.key != key);
             out.push(RelayOutput::InboxDelete { key: key.clone() });
-            self.send_to_device(
+            self.notify_sender(
                 &t.from,
                 json!({"type": "relay_declined", "inbox_id": key, "to": t.to, "name": t.name, "reason": reason}),
                 out,
@@ -1408,7 +1420,7 @@ impl Relay {
                         self.inbox.retain(|e| &e.key != key);
                         out.push(RelayOutput::InboxDelete { key: key.clone() });
                         let note = json!({"type": "relay_delivered", "inbox_id": key, "to": t.to, "name": t.name, "sha256": expected.to_hex()});
-                        self.send_to_device(&t.from, note, out);
+                        self.notify_sender(&t.from, note, out);
                     }
                 }
                 self.drop_transfer(t, out);
@@ -1445,6 +1457,18 @@ impl Relay {
             out.push(RelayOutput::InboxDelete { key: key.clone() });
         }
         self.pump_all(out);
+    }
+
+    /// News about a stored send for its sender: sent now, or kept (the newest
+    /// `max_inbox`, in memory) until the sender next connects.
+    fn notify_sender(&mut self, device: &str, msg: Value, out: &mut Vec<RelayOutput>) {
+        if self.online.contains_key(device) {
+            return self.send_to_device(device, msg, out);
+        }
+        if self.notices.len() >= self.limits.max_inbox {
+            self.notices.pop_front();
+        }
+        self.notices.push_back((device.to_owned(), msg));
     }
 
     fn send_to_device(&self, device: &str, msg: Value, out: &mut Vec<RelayOutput>) {
