@@ -1166,7 +1166,11 @@ impl Relay {
             .cloned()
             .collect();
         for e in waiting {
-            if self.transfers.len() >= self.limits.max_transfers {
+            let busy = self.transfers.values().filter(|t| t.involves(device)).count();
+            if self.transfers.len() >= self.limits.max_transfers
+                || busy >= self.limits.max_per_device
+            {
+                // The rest is offered at the device's next connect.
                 break;
             }
             let id = self.next_id;
