@@ -7,6 +7,6 @@ if ! command -v node >/dev/null; then
 fi
 if ! node --experimental-websocket -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null \
     && ! node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null \
-    && ! node -e 'require("ws")' 2>/dev/null; then
+    && ! NODE_PATH=/usr/share/nodejs node -e 'require("ws")' 2>/dev/null; then
     apt-get update -qq && apt-get install -y -qq node-ws
 fi

@@ -21,6 +21,12 @@ fn relay_js_sends_receives_declines_cancels_and_uses_the_inbox() {
     if flag {
         cmd.arg("--experimental-websocket");
     }
+    // Where Debian's node-ws lives, for Nodes without a WebSocket of their own.
+    let node_path = match std::env::var("NODE_PATH") {
+        Ok(p) if !p.is_empty() => format!("{p}:/usr/share/nodejs"),
+        _ => "/usr/share/nodejs".to_string(),
+    };
+    cmd.env("NODE_PATH", node_path);
     let out = cmd
         .arg("--no-warnings")
         .arg(script)
