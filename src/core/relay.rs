@@ -395,11 +395,18 @@ impl Relay {
                     if t.paused_until.is_none() {
                         t.paused_until = Some(now.at + self.limits.grace);
                         self.rewind(&mut t);
-                        let other = if t.from == device { &t.to } else { &t.from };
-                        let msg = json!({"type": "relay_paused", "id": id,
-                            "reason": "peer_disconnected", "acked": t.acked,
-                            "grace_ms": self.limits.grace.as_millis() as u64});
-                        self.send_to_device(other, msg, out);
+                        // The other side, if it is a device (not an inbox file).
+                        let other = if t.from == device {
+                            (t.sink == End::Device).then_some(&t.to)
+                        } else {
+                            (t.source == End::Device).then_some(&t.from)
+                        };
+                        if let Some(other) = other {
+                            let msg = json!({"type": "relay_paused", "id": id,
+                                "reason": "peer_disconnected", "acked": t.acked,
+                                "grace_ms": self.limits.grace.as_millis() as u64});
+                            self.send_to_device(other, msg, out);
+                        }
                     }
                     self.transfers.insert(id, t);
                 }
@@ -1166,7 +1173,11 @@ impl Relay {
             .cloned()
             .collect();
         for e in waiting {
-            let busy = self.transfers.values().filter(|t| t.involves(device)).count();
+            let busy = self
+                .transfers
+                .values()
+                .filter(|t| t.involves(device))
+                .count();
             if self.transfers.len() >= self.limits.max_transfers
                 || busy >= self.limits.max_per_device
             {
