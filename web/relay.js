@@ -36,6 +36,8 @@
 //         onComplete({sha256})          the receiver has every byte and the hashes match
 //         onCancelled({by, reason})
 //         onError({code, message})      relay_failed (e.g. hash_mismatch, peer_gone) or a refused offer
+//         onWarning({code, message})    the box refused one chunk or message of this send
+//                                       (e.g. window_exceeded); the send goes on
 //       t.cancel(reason) cancels it; t.id is the transfer id once offered.
 //   Notices about earlier inbox sends arrive as onNotice(msg) with msg.type
 //       "relay_delivered" | "relay_expired" | "relay_declined" (each with inbox_id, to, name),
