@@ -15,6 +15,11 @@
 //       After a reconnect (same device id): moves every transfer to the new socket. The box
 //       answers with `relay_resume` and both sides continue from the last acknowledged
 //       chunk, if the reconnect came within the box's grace period (30 s by default).
+//       A transfer the box says nothing about within 5 s of the reconnect (the grace
+//       period passed, the box restarted, or it was an offer still waiting for an answer,
+//       which a sender's reconnect withdraws) ends with onError({code: "lost"}).
+//       An offer still waiting for this device's answer is made again: onOffer is called
+//       again with the same id; show one prompt per id.
 //   relay.setAutoAccept(deviceIds)
 //       Offers from these devices are accepted without asking; `onOffer` then gets
 //       `offer.autoAccepted === true` and must call `offer.accept(writer)` at once.
@@ -71,12 +76,20 @@ export class Relay {
   }
 
   attach(ws) {
+    const reconnect = !!this.ws;
     if (this.ws) this.ws.removeEventListener("message", this.listener);
     this.ws = ws;
     ws.binaryType = "arraybuffer";
     ws.addEventListener("message", this.listener);
     // Offers not yet answered by the box died with the old socket.
     for (const o of this.pending.splice(0)) o._end("onError", { code: "disconnected", message: "the socket closed before the box answered" });
+    if (!reconnect) return;
+    const at = performance.now();
+    setTimeout(() => {
+      for (const t of [...this.out.values(), ...this.inc.values()]) {
+        if (!t.done && t.heard < at) t._lost();
+      }
+    }, 5000);
   }
 
   setAutoAccept(deviceIds) {
@@ -201,6 +214,7 @@ class Outgoing {
     this.ended = false;
     this.done = false;
     this.ready = Promise.resolve();
+    this.heard = performance.now();
     this.meter = new Meter(file.size, (p) => this._cb("onProgress", p));
   }
 
@@ -240,7 +254,12 @@ class Outgoing {
     if (msg.mode === "inbox") { this.flowing = true; this._pump(); }
   }
 
+  _lost() {
+    this._end("onError", { code: "lost", message: "the box no longer has this transfer" });
+  }
+
   _on(msg) {
+    this.heard = performance.now();
     switch (msg.type) {
       case "relay_accepted": this.flowing = true; this._cb("onAccepted"); break;
       case "relay_to_inbox": this.flowing = true; this._cb("onToInbox"); break;
@@ -316,10 +335,18 @@ class Incoming {
     this.callbacks = {};
     this.received = 0;
     this.done = false;
+    this.heard = performance.now();
   }
 
   cancel(reason = "cancelled") {
     if (!this.done) this.relay._json({ type: "relay_cancel", id: this.id, reason });
+  }
+
+  _lost() {
+    this.done = true;
+    this.relay.inc.delete(this.id);
+    if (this.writer) this.writer.abort("the box no longer has this transfer");
+    this._cb("onError", { code: "lost", message: "the box no longer has this transfer" });
   }
 
   _cb(name, arg) {
@@ -345,6 +372,7 @@ class Incoming {
   }
 
   _chunk(index, bytes) {
+    this.heard = performance.now();
     // Writes are chained so chunks reach the writer in order, one at a time.
     this.queue = this.queue.then(async () => {
       if (this.done || !this.writer || index !== this.next) return; // a duplicate after a resume
@@ -365,6 +393,7 @@ class Incoming {
   }
 
   _on(msg) {
+    this.heard = performance.now();
     switch (msg.type) {
       case "relay_paused": this._cb("onPaused", { reason: msg.reason }); break;
       case "relay_resume":

@@ -61,7 +61,7 @@ function collector() {
 }
 
 const wsA = await connect("node-a");
-const wsB = await connect("node-b");
+let wsB = await connect("node-b");
 let onOfferB = () => {};
 const a = new Relay(wsA);
 const b = new Relay(wsB, { onOffer: (o) => onOfferB(o) });
@@ -134,6 +134,37 @@ const b = new Relay(wsB, { onOffer: (o) => onOfferB(o) });
   const d = await delivered;
   check(d.inbox_id === stored.inboxId, "delivered notice");
   wsC.close();
+}
+
+// 6. The receiver's socket drops mid-file; relay.attach() on a new socket resumes it.
+{
+  const data = new Uint8Array(6 * 1024 * 1024 + 11).map((_, i) => (i * 13 + 1) & 255);
+  const got = collector();
+  let writes = 0;
+  let resumed = null;
+  const received = new Promise((resolve, reject) => {
+    onOfferB = (o) => {
+      const writer = {
+        write: (bytes) => {
+          got.writer.write(bytes);
+          if (++writes === 3) {
+            // Drop the socket, then come back on a new one.
+            wsB.close();
+            wsB = new WebSocket(`${base}/ws/node-b`);
+            b.attach(wsB);
+          }
+        },
+        close() {},
+        abort() {},
+      };
+      o.accept(writer, { onComplete: resolve, onError: reject, onResumed: (r) => { resumed = r; } });
+    };
+  });
+  const sent = new Promise((resolve, reject) =>
+    a.send(new File([data], "drop.bin"), "node-b", { onComplete: resolve, onError: reject }));
+  const [r] = await Promise.all([received, sent]);
+  check(resumed && resumed.fromChunk >= 3, "receiver resumed: " + JSON.stringify(resumed));
+  check(r.sha256 === sha(data) && Buffer.compare(got.bytes(), Buffer.from(data)) === 0, "bytes after resume");
 }
 
 wsA.close();
