@@ -1,7 +1,8 @@
 //! `web/relay.js`, the browser side of relay transfers, run in Node against the real box
 //! (tests/web/relay_node.mjs): its SHA-256, a send between two instances with bytes and
-//! hash compared, a decline, a cancel, and an inbox delivery. `scripts/need-node.sh`
-//! installs Node. The Playwright test in Chromium comes with the browser app.
+//! hash compared, a decline, a cancel, an inbox delivery, and a receiver socket dropped
+//! mid-file and resumed through `attach()`. `scripts/need-node.sh` installs Node. The
+//! Playwright test in Chromium comes with the browser app.
 
 mod common;
 

@@ -3,8 +3,8 @@
 //   node --experimental-websocket tests/web/relay_node.mjs ws://127.0.0.1:PORT
 // Checks relay.js's SHA-256 against Node's, a send between two Relay instances (bytes and
 // SHA-256 compared, progress seen, the File read slice by slice), a decline, a cancel
-// from the receiver, and a send to an offline device left in its inbox and delivered
-// when it connects. Exits non-zero with a message on the first failure.
+// from the receiver, a send to an offline device left in its inbox and delivered when it
+// connects, and a receiver socket dropped mid-file and resumed through relay.attach(). Exits non-zero with a message on the first failure.
 
 import { Relay, Sha256 } from "../../web/relay.js";
 import { createHash } from "node:crypto";
