@@ -441,6 +441,18 @@ mod tests {
     }
 
     #[test]
+    fn relay_settings_are_checked() {
+        let c = Config::load(Vec::new(), None, &[]).unwrap();
+        assert_eq!(c.relay.slots(), 32);
+        for bad in [("relay.chunk_size", "1KiB"), ("relay.memory", "100KiB")] {
+            let flags = vec![(bad.0.to_string(), bad.1.to_string())];
+            assert!(Config::load(Vec::new(), None, &flags).is_err(), "{bad:?}");
+        }
+        let ok = vec![("relay.memory".to_string(), "1MiB".to_string())];
+        assert_eq!(Config::load(Vec::new(), None, &ok).unwrap().relay.slots(), 4);
+    }
+
+    #[test]
     fn sizes_parse() {
         assert_eq!(bytesize::parse("64KiB"), Some(65536));
         assert_eq!(bytesize::parse("8 MiB"), Some(8 << 20));
