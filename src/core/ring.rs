@@ -90,7 +90,7 @@ pub struct ChunkRing {
     open_lanes: usize,
 }
 
-// Construction and capacity.
+/// Construction and capacity: the one allocation, and what it holds.
 impl ChunkRing {
     /// Allocates `slot_count` slots of `slot_size` bytes and room for `max_lanes` lanes;
     /// the only allocation the ring ever makes. Panics if `slot_count` is 0 or not below
@@ -138,7 +138,8 @@ impl ChunkRing {
     }
 }
 
-// Lanes: one per transfer.
+/// Lanes, one per transfer. Opening when every lane is taken gives `None`; closing or
+/// resetting a closed lane does nothing; a closed lane reads as empty with no credit.
 impl ChunkRing {
     /// Opens a lane with no chunks and no credit. None when `max_lanes` are open.
     pub fn open(&mut self) -> Option<Lane> {
@@ -192,7 +193,8 @@ impl ChunkRing {
     }
 }
 
-// Credit: how the sender of a lane is paced.
+/// Credit, how the sender of a lane is paced. A full ring, or a lane at its fair share,
+/// grants 0: the sender waits for a release; nothing is allocated.
 impl ChunkRing {
     /// Reserves up to `want` more slots for the lane, within its fair share and the slots
     /// still available; returns how many it got (0 when the ring is full or the lane is at
@@ -211,7 +213,9 @@ impl ChunkRing {
     }
 }
 
-// Data: chunks in, chunks read, chunks released.
+/// Data: chunks in, chunks read, chunks released, oldest first within a lane. A push
+/// without credit, too long, or to a closed lane is an error that stores nothing; reading
+/// past the end gives `None`; releasing more than the lane holds releases what it holds.
 impl ChunkRing {
     /// Copies `bytes` into a reserved slot at the back of the lane, using one reservation.
     /// Refused (nothing stored) without a reservation or when longer than a slot.
