@@ -449,7 +449,10 @@ mod tests {
             assert!(Config::load(Vec::new(), None, &flags).is_err(), "{bad:?}");
         }
         let ok = vec![("relay.memory".to_string(), "1MiB".to_string())];
-        assert_eq!(Config::load(Vec::new(), None, &ok).unwrap().relay.slots(), 4);
+        assert_eq!(
+            Config::load(Vec::new(), None, &ok).unwrap().relay.slots(),
+            4
+        );
     }
 
     #[test]
