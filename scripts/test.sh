@@ -13,6 +13,7 @@ fi
 command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2; }
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt || true
 
+bash scripts/need-node.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets

@@ -104,11 +104,46 @@ pub struct RelayConfig {
     /// Memory for the relay's chunk ring, allocated once at start and never grown.
     #[serde(with = "bytesize")]
     pub memory: u64,
+    /// Bytes per relayed chunk (one ring slot); the ring has `memory / chunk_size` slots.
+    #[serde(with = "bytesize")]
+    pub chunk_size: u64,
+    /// Transfers open at once (offered, running, paused or being stored), box-wide.
+    pub max_transfers: usize,
+    /// Transfers one device may take part in at once, as sender or receiver.
+    pub max_transfers_per_device: usize,
+    /// Seconds a transfer waits for a dropped socket to come back before it fails.
+    pub grace_secs: u64,
+    /// Longest a sender may wait for an accept, in seconds (the offer names its own
+    /// timeout, cut to this).
+    pub offer_timeout_secs: u64,
+    /// Seconds a send left in a device's inbox is kept before it is deleted.
+    pub inbox_ttl_secs: u64,
+    /// Sends waiting in inboxes at most, box-wide (their bytes count against store.quota).
+    pub max_inbox: usize,
+    /// Devices one device may mark for auto-accept.
+    pub max_auto_accept: usize,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        RelayConfig { memory: 8 << 20 }
+        RelayConfig {
+            memory: 8 << 20,
+            chunk_size: 256 << 10,
+            max_transfers: 64,
+            max_transfers_per_device: 16,
+            grace_secs: 30,
+            offer_timeout_secs: 600,
+            inbox_ttl_secs: 7 * 24 * 3600,
+            max_inbox: 256,
+            max_auto_accept: 64,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Slots of the chunk ring.
+    pub fn slots(&self) -> usize {
+        (self.memory / self.chunk_size.max(1)) as usize
     }
 }
 
@@ -324,6 +359,17 @@ impl Config {
             ));
         }
         self.mdns.check()?;
+        let r = &self.relay;
+        if r.chunk_size < 4096 || r.chunk_size > 16 << 20 {
+            return Err(ConfigError(
+                "relay.chunk_size must be at least 4 KiB and at most 16 MiB".into(),
+            ));
+        }
+        if r.slots() == 0 || r.slots() > u16::MAX as usize || r.max_transfers == 0 {
+            return Err(ConfigError(
+                "relay.memory must hold 1 to 65535 chunks of relay.chunk_size, and relay.max_transfers must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -475,6 +521,21 @@ mod tests {
         assert!(err.0.contains("not a size"), "{err}");
         let bad = vec![("store.chunk_size".to_string(), "100".to_string())];
         assert!(Config::load(Vec::new(), None, &bad).is_err());
+    }
+
+    #[test]
+    fn relay_settings_are_checked() {
+        let c = Config::load(Vec::new(), None, &[]).unwrap();
+        assert_eq!(c.relay.slots(), 32);
+        for bad in [("relay.chunk_size", "1KiB"), ("relay.memory", "100KiB")] {
+            let flags = vec![(bad.0.to_string(), bad.1.to_string())];
+            assert!(Config::load(Vec::new(), None, &flags).is_err(), "{bad:?}");
+        }
+        let ok = vec![("relay.memory".to_string(), "1MiB".to_string())];
+        assert_eq!(
+            Config::load(Vec::new(), None, &ok).unwrap().relay.slots(),
+            4
+        );
     }
 
     #[test]

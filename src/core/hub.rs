@@ -921,7 +921,7 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn valid_device_id(id: &str) -> bool {
+pub(crate) fn valid_device_id(id: &str) -> bool {
     (1..=MAX_DEVICE_ID_LEN).contains(&id.len())
         && id
             .bytes()

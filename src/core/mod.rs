@@ -6,4 +6,6 @@ pub mod hash;
 pub mod hub;
 pub mod names;
 pub mod range;
+pub mod relay;
+pub mod ring;
 pub mod upload;

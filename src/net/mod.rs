@@ -8,5 +8,6 @@ pub mod http;
 pub mod mdns;
 pub mod mdns_query;
 pub mod notify;
+pub mod relay;
 pub mod server;
 pub mod ws;

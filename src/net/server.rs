@@ -3,7 +3,7 @@
 //! SIGINT/SIGTERM. Blocking file work goes to the single disk thread (`store::disk`).
 
 use super::http::{Conn, HeadError, Response, Traffic};
-use super::{api, mdns, notify, ws};
+use super::{api, mdns, notify, relay, ws};
 use crate::config::Config;
 use crate::core::hub::{ConnId, Hub, HubLimits, Now};
 use crate::store::{disk::Disk, unix_ms, Store};
@@ -22,6 +22,8 @@ pub enum Outbound {
     Text(Rc<str>),
     Ping,
     Close(u16, &'static str),
+    /// A relay chunk (transfer id, chunk index), copied from the ring when it is written.
+    Chunk(crate::core::relay::TransferId, u32),
 }
 
 /// Everything the loop shares between connections. Lives on the loop thread only.
@@ -31,6 +33,9 @@ pub struct App {
     pub hub: RefCell<Hub>,
     pub sockets: RefCell<HashMap<ConnId, smol::channel::Sender<Outbound>>>,
     pub traffic: Rc<Traffic>,
+    pub relay: RefCell<crate::core::relay::Relay>,
+    pub inbox: crate::store::inbox::Inbox,
+    pub inbox_jobs: smol::channel::Sender<relay::InboxJob>,
     started: Instant,
     connections: Cell<usize>,
     next_conn: Cell<ConnId>,
@@ -74,6 +79,11 @@ impl App {
             "stored_bytes": self.store.stored_bytes(),
             "bytes_in": self.traffic.bytes_in.get(),
             "bytes_out": self.traffic.bytes_out.get(),
+            "relay": {
+                "ring_bytes": self.relay.borrow().ring_bytes(),
+                "transfers": self.relay.borrow().transfer_count(),
+                "inbox": self.relay.borrow().inbox_count(),
+            },
         })
     }
 }
@@ -137,6 +147,8 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             cfg.data_dir.display()
         ))
     })?;
+    let (relay, inbox, inbox_jobs, inbox_rx) = relay::build(&cfg, disk.clone())
+        .map_err(|e| StartError(format!("cannot open the relay inbox: {e}")))?;
     let listener =
         TcpListener::bind(addr).map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
     let local = listener
@@ -158,6 +170,9 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         hub: RefCell::new(hub),
         sockets: RefCell::default(),
         traffic: Rc::default(),
+        relay: RefCell::new(relay),
+        inbox,
+        inbox_jobs,
         started: Instant::now(),
         connections: Cell::new(0),
         next_conn: Cell::new(0),
@@ -193,6 +208,9 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             let advert = advert.clone();
             ex.spawn(async move { advert.watch().await }).detach();
         }
+        ex.spawn(relay::relay_timers(app.clone())).detach();
+        ex.spawn(relay::inbox_worker(app.clone(), inbox_rx))
+            .detach();
         let expiring = app.clone();
         ex.spawn(async move {
             loop {

@@ -43,11 +43,16 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
         inner: conn.stream,
     };
     let limits = &app.cfg.ws;
+    // Relay chunk frames may be larger than text messages; text is held to its own limit
+    // below.
+    let max_text = limits.max_message_bytes as usize;
+    let max_frame =
+        max_text.max(app.cfg.relay.chunk_size as usize + crate::core::relay::HEADER_LEN);
     let config = async_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
-        .max_message_size(Some(limits.max_message_bytes as usize))
-        .max_frame_size(Some(limits.max_message_bytes as usize));
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
     let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
     let (mut sink, mut frames) = ws.split();
 
@@ -78,6 +83,7 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
         return;
     }
     app.dispatch(out);
+    app.relay_connect(conn_id, &device_id);
 
     // At least two pings per heartbeat timeout, whatever the interval says: with fewer, a
     // device that only listens would be dropped as silent before it was ever asked.
@@ -97,6 +103,11 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
             .await;
             let (msg, last) = match next {
                 Some(Outbound::Text(t)) => (Message::Text(Utf8Bytes::from(&*t)), false),
+                Some(Outbound::Chunk(id, index)) => match app.chunk_frame(id, index) {
+                    Some(frame) => (Message::Binary(frame.into()), false),
+                    // Cancelled or rewound since it was queued: nothing to send.
+                    None => continue,
+                },
                 Some(Outbound::Ping) => {
                     next_ping = Instant::now() + heartbeat;
                     (Message::Ping(Default::default()), false)
@@ -126,17 +137,21 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
         while let Some(frame) = frames.next().await {
             let mut out = Vec::new();
             match frame {
+                Ok(Message::Text(text)) if text.len() > max_text => {
+                    let msg = serde_json::json!({"type": "error", "code": "bad_frame",
+                        "message": format!("the socket is closed: Message too long: {} > {max_text}", text.len())});
+                    app.send_to(conn_id, msg.to_string().into());
+                    app.close(conn_id, 1009, "bad frame");
+                    Timer::after(Duration::from_millis(200)).await;
+                    break;
+                }
+                Ok(Message::Text(text)) if app.relay_text(conn_id, text.as_str()) => {}
                 Ok(Message::Text(text)) => {
                     app.hub
                         .borrow_mut()
                         .receive_text(app.now(), conn_id, text.as_str(), &mut out);
                 }
-                Ok(Message::Binary(_)) => {
-                    app.hub.borrow_mut().heard_from(app.now(), conn_id);
-                    let msg = serde_json::json!({"type": "error", "code": "unexpected_binary",
-                        "message": "binary frames carry relay transfers, which this box does not take yet"});
-                    app.send_to(conn_id, msg.to_string().into());
-                }
+                Ok(Message::Binary(frame)) => app.relay_chunk(conn_id, &frame),
                 Ok(Message::Close(_)) => return true,
                 Ok(_) => app.hub.borrow_mut().heard_from(app.now(), conn_id),
                 Err(e) => {
@@ -180,6 +195,7 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
         .borrow_mut()
         .disconnect(app.now(), conn_id, &mut out);
     app.dispatch(out);
+    app.relay_disconnect(conn_id);
 }
 
 impl App {

@@ -4,6 +4,7 @@
 //! A final name exists only after the whole file is hashed, fsynced and renamed into place.
 
 pub mod disk;
+pub mod inbox;
 
 use crate::config::StoreConfig;
 use crate::core::hash::Digest;
@@ -324,6 +325,8 @@ pub struct Store {
     /// and chunks also take one of `saving_slots`. None: the configured budgets.
     saving: Cell<Option<u64>>,
     saving_slots: smol::lock::Semaphore,
+    /// Bytes held outside `files/` and uploads that count against the quota (relay inboxes).
+    pub external_bytes: Cell<u64>,
 }
 
 /// Room for one chunk body in memory; held while the chunk is received and stored.
@@ -362,6 +365,7 @@ impl Store {
             by_hash: RefCell::default(),
             uploads: RefCell::default(),
             claimed_names: RefCell::default(),
+            external_bytes: Cell::new(0),
         };
         store.load_files()?;
         store.load_uploads()?;
@@ -680,7 +684,7 @@ impl Store {
 
     /// Refuses an upload of `size` more bytes if the disk or the quota cannot hold it
     /// together with what open uploads still have to write.
-    fn check_space(&self, size: u64) -> Result<(), StoreError> {
+    pub fn check_space(&self, size: u64) -> Result<(), StoreError> {
         let pending: u64 = self
             .uploads
             .borrow()
@@ -702,7 +706,7 @@ impl Store {
         if self.cfg.quota > 0 {
             let stored: u64 = self.files.borrow().values().map(|f| f.size).sum();
             let open: u64 = self.uploads.borrow().values().map(|u| u.plan.size).sum();
-            let used = stored + open;
+            let used = stored + open + self.external_bytes.get();
             if used + size > self.cfg.quota {
                 return Err(StoreError::QuotaExceeded {
                     needed: size,

@@ -2,6 +2,8 @@
 //! own data folder, and speaks HTTP/1.1 to it over plain sockets the way a client would.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
