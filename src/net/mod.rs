@@ -6,4 +6,5 @@ pub mod api;
 pub mod http;
 pub mod notify;
 pub mod server;
+pub mod web;
 pub mod ws;
