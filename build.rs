@@ -12,6 +12,10 @@ fn main() {
     let mut files = Vec::new();
     walk(&root, &mut files);
     files.sort();
+    assert!(
+        root.join("index.html").is_file(),
+        "web/index.html is the app's page and must exist"
+    );
     let mut out = String::from("&[\n");
     for path in &files {
         let rel = path

@@ -60,6 +60,7 @@ pub async fn handle(app: &Rc<App>, conn: &mut Conn, req: &Request) -> Response {
         m => m,
     };
     match (method, parts.as_slice()) {
+        ("GET", [""]) => web::serve(web::index(), req),
         ("GET", ["api", "status"]) => Response::json(200, &app.status()),
         // `now` is the box's clock, so a client can show ages even when its clock is off.
         ("GET", ["api", "files"]) => Response::json(

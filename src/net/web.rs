@@ -19,6 +19,11 @@ pub struct WebFile {
 /// Every file under `web/`, sorted by path.
 pub static FILES: &[WebFile] = include!(concat!(env!("OUT_DIR"), "/web_files.rs"));
 
+/// The app's page, served at `/`.
+pub fn index() -> &'static WebFile {
+    find(&[""]).expect("build.rs checks that web/index.html exists")
+}
+
 /// The embedded file at a request path's segments (`[""]` is `index.html`).
 pub fn find(segments: &[&str]) -> Option<&'static WebFile> {
     let path = match segments {
