@@ -14,3 +14,6 @@ rustup component list --installed 2>/dev/null | grep -q clippy || rustup compone
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+
+# The browser app in headless Chromium (installs Chromium and npm packages when missing).
+bash scripts/test-browser.sh

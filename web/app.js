@@ -71,6 +71,8 @@ for (const id of ['pick-files', 'pick-folder']) {
     e.target.value = '';
   });
 }
+$('choose-files').addEventListener('click', () => $('pick-files').click());
+$('choose-folder').addEventListener('click', () => $('pick-folder').click());
 $('parallel').value = String(uploader.limit);
 $('parallel').addEventListener('change', (e) => uploader.setLimit(e.target.value));
 

@@ -21,7 +21,7 @@ export function formatBytes(n) {
   const units = ['kB', 'MB', 'GB', 'TB'];
   let i = -1;
   do { n /= 1000; i++; } while (n >= 1000 && i < units.length - 1);
-  return `${n < 10 ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
+  return `${n < 100 ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
 }
 
 export function formatDuration(secs) {

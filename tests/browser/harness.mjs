@@ -7,9 +7,10 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-export const ROOT = resolve(import.meta.dirname, '../..');
+export const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
 export const BIN = process.env.LANVAN_BIN
   || join(process.env.CARGO_TARGET_DIR || join(process.env.HOME, '.cache/lanvan-target'), 'debug/lanvan');
 export const ARTIFACTS = join(ROOT, 'test-artifacts');
@@ -57,10 +58,23 @@ export function startBox({ settings = [], dataDir, port = 0 } = {}) {
   });
 }
 
+/**
+ * `lanvan.test` resolves to 127.0.0.1 inside this browser only. Pages opened there are a
+ * plain-HTTP, non-loopback origin, like `http://192.168.1.20:8080` on a LAN: no
+ * crypto.subtle, no navigator.clipboard, no service workers. Traffic stays on loopback.
+ */
+export const LAN_HOST = 'lanvan.test';
+
 export const CHROMIUM_ARGS = [
   '--no-sandbox', '--disable-gpu', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--no-first-run',
+  `--host-resolver-rules=MAP ${LAN_HOST} 127.0.0.1`,
+  // Never a proxy: every request of the tests stays on loopback.
+  '--no-proxy-server',
 ];
+
+/** The box's URL as a LAN device would see it (an insecure origin). */
+export const lanUrl = (box) => `http://${LAN_HOST}:${box.port}`;
 
 /**
  * Launches headless Chromium. Playwright gives every launch a fresh, empty user-data dir
@@ -80,7 +94,7 @@ export async function openApp(browser, box, options = {}) {
   const context = await browser.newContext({ acceptDownloads: true, ...options });
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error('page error:', e));
-  await page.goto(box.url + '/');
+  await page.goto(lanUrl(box) + '/');
   await waitConnected(page);
   return { context, page };
 }
