@@ -28,7 +28,7 @@ export function startBox({ settings = [], dataDir, port = 0 } = {}) {
     proc.stderr.on('data', (d) => {
       log += d;
       if (process.env.LANVAN_TEST_LOG) process.stderr.write(`[box] ${d}`);
-      const m = /listening on (\S+)/.exec(log);
+      const m = /listening on (\S+)\r?\n/.exec(log);
       if (m && !box.url) {
         clearTimeout(timer);
         box.addr = m[1];
