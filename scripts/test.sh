@@ -17,3 +17,6 @@ bash scripts/need-node.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+
+# The browser app in headless Chromium (installs Chromium and npm packages when missing).
+bash scripts/test-browser.sh

@@ -3,6 +3,7 @@
 
 use super::http::{percent_encode, Body, Conn, Request, Response};
 use super::server::App;
+use super::web;
 use crate::core::hash::Digest;
 use crate::core::range::{self, RangeRequest};
 use crate::store::{Created, NewUpload, StoreError};
@@ -59,9 +60,14 @@ pub async fn handle(app: &Rc<App>, conn: &mut Conn, req: &Request) -> Response {
         m => m,
     };
     match (method, parts.as_slice()) {
-        ("GET", [""]) => index_page(),
+        ("GET", [""]) => web::serve(web::index(), req),
         ("GET", ["api", "status"]) => Response::json(200, &app.status()),
-        ("GET", ["api", "files"]) => Response::json(200, &json!({"files": app.store.list()})),
+        // `now` is the box's clock, so a client can show ages even when its clock is off.
+        ("GET", ["api", "files"]) => Response::json(
+            200,
+            &json!({"files": app.store.list(), "now": crate::store::unix_ms()}),
+        ),
+        ("GET", ["api", "qr.svg"]) => web::qr(req, &app.cfg.listen),
         ("GET", ["api", "files", name]) => download(app, req, name),
         ("DELETE", ["api", "files", name]) => match app.store.delete(name).await {
             Ok(entry) => {
@@ -95,7 +101,7 @@ pub async fn handle(app: &Rc<App>, conn: &mut Conn, req: &Request) -> Response {
             Err(e) => store_error(&e),
         },
         // A path that exists, asked with a method it does not take.
-        (_, [""] | ["api", "status" | "files" | "uploads"])
+        (_, [""] | ["api", "status" | "files" | "uploads" | "qr.svg"])
         | (_, ["api", "files" | "uploads", _])
         | (_, ["api", "uploads", _, "finish"])
         | (_, ["api", "uploads", _, "chunks", _]) => error(
@@ -103,7 +109,11 @@ pub async fn handle(app: &Rc<App>, conn: &mut Conn, req: &Request) -> Response {
             "method_not_allowed",
             format!("{} is not allowed on {}", req.method, req.path),
         ),
-        _ => error(404, "not_found", format!("nothing at {}", req.path)),
+        // The browser app: `/` and every file under `web/`.
+        _ => match (method, web::find(&parts)) {
+            ("GET", Some(file)) => web::serve(file, req),
+            _ => error(404, "not_found", format!("nothing at {}", req.path)),
+        },
     }
 }
 
@@ -258,10 +268,4 @@ fn ascii_fallback(name: &str) -> String {
             }
         })
         .collect()
-}
-
-fn index_page() -> Response {
-    Response::new(200)
-        .header("content-type", "text/html; charset=utf-8")
-        .body(include_bytes!("../../web/index.html").to_vec())
 }

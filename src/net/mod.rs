@@ -10,4 +10,5 @@ pub mod mdns_query;
 pub mod notify;
 pub mod relay;
 pub mod server;
+pub mod web;
 pub mod ws;

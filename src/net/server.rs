@@ -295,7 +295,7 @@ fn browser_url(local: SocketAddr) -> String {
     }
 }
 
-fn lan_address() -> Option<std::net::IpAddr> {
+pub(crate) fn lan_address() -> Option<std::net::IpAddr> {
     nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
         let addr = ifa.address?;
         let v4 = addr.as_sockaddr_in()?.ip();

@@ -1,0 +1,143 @@
+// Test support for the browser tests: starts the real box binary on a loopback port with
+// its own data folder, launches Debian's Chromium headless through playwright-core, and
+// makes deterministic test files.
+
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');
+export const BIN = process.env.LANVAN_BIN
+  || join(process.env.CARGO_TARGET_DIR || join(process.env.HOME, '.cache/lanvan-target'), 'debug/lanvan');
+export const ARTIFACTS = join(ROOT, 'test-artifacts');
+
+/** Starts `lanvan serve` on 127.0.0.1 (port 0 = any free one). Resolves when it listens. */
+export function startBox({ settings = [], dataDir, port = 0 } = {}) {
+  dataDir ||= mkdtempSync(join(tmpdir(), 'lanvan-browser-'));
+  const args = ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir];
+  for (const s of settings) args.push('-s', s);
+  const proc = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  return new Promise((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`box did not start:\n${log}`)), 20000);
+    proc.on('exit', (code) => rej(new Error(`box exited (${code}):\n${log}`)));
+    proc.stderr.on('data', (d) => {
+      log += d;
+      if (process.env.LANVAN_TEST_LOG) process.stderr.write(`[box] ${d}`);
+      const m = /listening on (\S+)\r?\n/.exec(log);
+      if (m && !box.url) {
+        clearTimeout(timer);
+        box.addr = m[1];
+        box.port = Number(m[1].split(':').pop());
+        box.url = `http://${m[1]}`;
+        res(box);
+      }
+    });
+    const box = {
+      proc, dataDir, url: null,
+      /** SIGKILLs the box and waits for it to be gone. */
+      kill: () => new Promise((r) => {
+        if (proc.exitCode !== null || proc.signalCode) return r();
+        proc.removeAllListeners('exit');
+        proc.on('exit', () => r());
+        proc.kill('SIGKILL');
+      }),
+      async stop(keepData = false) {
+        await box.kill();
+        if (!keepData) rmSync(dataDir, { recursive: true, force: true });
+      },
+      async json(path, init) {
+        const r = await fetch(box.url + path, init);
+        return r.json();
+      },
+    };
+  });
+}
+
+/**
+ * `lanvan.test` resolves to 127.0.0.1 inside this browser only. Pages opened there are a
+ * plain-HTTP, non-loopback origin, like `http://192.168.1.20:8080` on a LAN: no
+ * crypto.subtle, no navigator.clipboard, no service workers. Traffic stays on loopback.
+ */
+export const LAN_HOST = 'lanvan.test';
+
+export const CHROMIUM_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run',
+  `--host-resolver-rules=MAP ${LAN_HOST} 127.0.0.1`,
+  // Never a proxy: every request of the tests stays on loopback.
+  '--no-proxy-server',
+];
+
+/** The box's URL as a LAN device would see it (an insecure origin). */
+export const lanUrl = (box) => `http://${LAN_HOST}:${box.port}`;
+
+/**
+ * Launches headless Chromium. Playwright gives every launch a fresh, empty user-data dir
+ * of its own (it refuses `--user-data-dir` in `args`), and each context is a fresh profile
+ * with empty localStorage, so two contexts are two different devices.
+ */
+export function launch() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: CHROMIUM_ARGS,
+  });
+}
+
+/** Opens the app in a new context (a new device) and waits until it is connected. */
+export async function openApp(browser, box, options = {}) {
+  const context = await browser.newContext({ acceptDownloads: true, ...options });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error('page error:', e));
+  await page.goto(lanUrl(box) + '/');
+  await waitConnected(page);
+  return { context, page };
+}
+
+export async function waitConnected(page) {
+  await page.locator('#conn[data-state="open"]').waitFor({ timeout: 10000 });
+}
+
+/** Deterministic pseudo-random bytes (xorshift32), the same in Node and in a page. */
+export function fillRandom(u8, seed) {
+  let x = seed >>> 0 || 1;
+  const words = new Uint32Array(u8.buffer, u8.byteOffset, u8.length >>> 2);
+  for (let i = 0; i < words.length; i++) {
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    words[i] = x;
+  }
+  for (let i = words.length * 4; i < u8.length; i++) u8[i] = i & 0xff;
+  return u8;
+}
+
+export function sha256(buf) {
+  return createHash('sha256').update(buf).digest('hex');
+}
+
+/** Writes a pseudo-random test file and returns its path and SHA-256. */
+export function makeFile(dir, name, size, seed) {
+  mkdirSync(dir, { recursive: true });
+  const data = fillRandom(new Uint8Array(size), seed);
+  const path = join(dir, name);
+  writeFileSync(path, data);
+  return { path, size, sha256: sha256(data), name };
+}
+
+export function tempDir(tag) {
+  return mkdtempSync(join(tmpdir(), `lanvan-${tag}-`));
+}
+
+export async function waitFor(cond, ms = 10000, what = 'condition') {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
