@@ -14,3 +14,5 @@ rustup component list --installed 2>/dev/null | grep -q clippy || rustup compone
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# The appliance: static cross builds under qemu, and the systemd unit, installer and sandbox.
+bash scripts/test-cross.sh && bash scripts/test-systemd.sh
