@@ -174,15 +174,15 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         // The port actually bound, on its own line, for scripts and tests that ask for port 0.
         log::info!("listening on {local}");
         notify::send("READY=1");
-        if let Some(every) = notify::watchdog_interval() {
+        // Kept, not detached: dropped at shutdown, so no ping follows STOPPING=1.
+        let watchdog = notify::watchdog_interval().map(|every| {
             ex.spawn(async move {
                 loop {
                     Timer::after(every).await;
                     notify::send("WATCHDOG=1");
                 }
             })
-            .detach();
-        }
+        });
         ex.spawn(hub_timers(app.clone())).detach();
         let expiring = app.clone();
         ex.spawn(async move {
@@ -222,6 +222,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             }
         };
         smol::future::or(accept, stop).await;
+        drop(watchdog);
         notify::send("STOPPING=1");
         drop(listener);
         // Say goodbye to every device, then let chunk writes already queued reach disk:
