@@ -70,7 +70,7 @@ if ! rustup target list --installed | grep -qx "$target"; then
     rustup component list --installed --toolchain nightly | grep -qx rust-src ||
         rustup component add rust-src --toolchain nightly >&2
     toolchain=(+nightly)
-    build_std=(-Zbuild-std=std,panic_abort)
+    build_std=("-Zbuild-std=std,panic_abort")
 fi
 
 # Static-PIE for every target: the Play-Store Termux (Android 10+) runs only

@@ -39,7 +39,7 @@ if [ "${1:-}" = "--inside" ]; then
     id=$(grep -o '"id":"[0-9a-f]*"' <<<"$reply" | cut -d'"' -f4)
     chunk=$(grep -o '"chunk_size":[0-9]*' <<<"$reply" | cut -d: -f2)
     chunks=$(grep -o '"chunks":[0-9]*' <<<"$reply" | cut -d: -f2)
-    [ -n "$id" ] && [ "$chunks" = 3 ] || fail "unexpected upload reply: $reply"
+    if [ -z "$id" ] || [ "$chunks" != 3 ]; then fail "unexpected upload reply: $reply"; fi
     # A chunk whose bytes do not match its hash is refused, and nothing is stored.
     dd if="$work/in.bin" of="$work/chunk" bs="$chunk" count=1 status=none
     bad=$(curl -sS -w ' %{http_code}' -X PUT "$url/api/uploads/$id/chunks/0" \
@@ -80,6 +80,7 @@ command -v file >/dev/null || need+=(file)
 if ! command -v qemu-aarch64-static >/dev/null || ! command -v qemu-arm-static >/dev/null; then
     # On Debian 12 the backports qemu-user-static matches the backports qemu-utils that
     # some machines have; bookworm's own would remove it.
+    # shellcheck disable=SC1091
     . /etc/os-release
     if [ "${VERSION_CODENAME:-}" = bookworm ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
         say "adding bookworm-backports to apt's sources for qemu-user-static"

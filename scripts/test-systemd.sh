@@ -51,7 +51,12 @@ tail -1 "$root/etc/lanvan/lanvan.toml" | grep -q debug || fail "the edited confi
 if bash systemd/install.sh --root "$root" --binary "$work/nothing" 2>/dev/null; then
     fail "install.sh accepted a missing binary"
 fi
-ok "install.sh puts binary, unit, config and the enable link in place; a rerun keeps the config"
+echo 'not a program' >"$work/text"
+if bash systemd/install.sh --root "$root" --binary "$work/text" 2>/dev/null; then
+    fail "install.sh accepted a file that is not a program"
+fi
+cmp -s "$bin" "$root/usr/local/bin/lanvan" || fail "a refused install touched the binary"
+ok "install.sh puts binary, unit, config and the enable link in place; a rerun keeps the config; bad binaries are refused"
 
 # --- systemd-analyze verify -----------------------------------------------------------------
 # A real root has systemd's own units (the targets ours names); the scratch one borrows them.
@@ -159,7 +164,7 @@ grep -o '^[a-z0-9_]*(' "$work/boxtrace" | tr -d '(' | sort -u >"$work/used"
 grep -q '^sendfile' "$work/used" || fail "the trace shows no sendfile: $(tr '\n' ' ' <"$work/used")"
 grep -q "^signalfd" "$work/used" || fail "the trace shows no signalfd"
 blocked=$(comm -23 "$work/used" "$work/permitted")
-[ -z "$blocked" ] || fail "the unit's SystemCallFilter would block: $(echo $blocked)"
+[ -z "$blocked" ] || fail "the unit's SystemCallFilter would block: $(tr '\n' ' ' <<<"$blocked")"
 families=$(grep -o '^socket(AF_[A-Z0-9]*' "$work/boxtrace" | cut -d'(' -f2 | sort -u | tr '\n' ' ')
 for f in $families; do
     grep -Eq "^RestrictAddressFamilies=(.* )?$f( |$)" "$unit" || fail "socket family $f is not allowed by the unit"

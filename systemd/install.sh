@@ -37,11 +37,13 @@ if [ -z "$binary" ]; then
     fi
 fi
 [ -f "$binary" ] || { say "$binary: no such file"; exit 1; }
+[ "$(head -c 4 "$binary")" = $'\x7fELF' ] || { say "$binary is not a program (ELF)"; exit 1; }
 root=$(realpath -m "$root")
 if [ "$root" = / ]; then
     [ "$(id -u)" = 0 ] || { say "run as root (sudo), or pass --root DIR"; exit 1; }
-    # Into the running system: the binary must run here (a wrong-architecture build would not).
-    "$binary" --version >/dev/null || { say "$binary does not run on this machine"; exit 1; }
+    # Into the running system: it must be lanvan, built for this machine.
+    version=$("$binary" --version 2>/dev/null) || { say "$binary does not run on this machine"; exit 1; }
+    [[ "$version" == "lanvan "* ]] || { say "$binary is not lanvan (--version says: $version)"; exit 1; }
 fi
 prefix=${root%/}
 
