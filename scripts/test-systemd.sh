@@ -4,7 +4,8 @@
 # score of `systemd-analyze security` (must be 2.0 or lower), and the box run the way the
 # unit runs it (its Environment=, port 80) in a private network namespace, under strace:
 # every system call it makes must pass the unit's SystemCallFilter, every socket must be of
-# an allowed family, and no memory may be writable and executable at once.
+# an allowed family, and no memory may be writable and executable at once. Last, the unit
+# runs under a real systemd in a container (systemd-nspawn) with its whole sandbox.
 # Uses the static x86_64 build (cross/build.sh), the kind of binary a board runs.
 # KEEP=1 keeps the scratch folder (root, strace log) for a look afterwards.
 set -euo pipefail
@@ -22,6 +23,7 @@ command -v strace >/dev/null || need+=(strace)
 command -v curl >/dev/null || need+=(curl)
 command -v ip >/dev/null || need+=(iproute2)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
@@ -173,4 +175,69 @@ if grep -E '^(mmap|mprotect|pkey_mprotect)' "$work/boxtrace" | grep 'PROT_WRITE'
     fail "writable and executable memory breaks MemoryDenyWriteExecute"
 fi
 ok "$(wc -l <"$work/used") distinct syscalls, all allowed by SystemCallFilter; socket families: $families; no W+X memory"
+
+# --- under a real systemd -------------------------------------------------------------------
+# The machine's own OS booted in a container (systemd-nspawn, only /usr from the host, a
+# private network with just loopback), with what install.sh installed bound in. systemd
+# runs the unit with everything in force: seccomp, DynamicUser, the capability, the
+# mounts. A watchdog of 2 s (a drop-in) shows the pings arrive. A check unit talks to the
+# box and writes what it saw to /check, then the container powers off.
+mkdir -p "$work/nspawn/check" "$work/nspawn/dropin"
+printf '[Service]\nWatchdogSec=2s\n' >"$work/nspawn/dropin/watchdog.conf"
+cat >"$work/nspawn/check/check.sh" <<'CHECK'
+#!/bin/bash
+exec >/check/log 2>&1
+set -x
+result() { echo "$1" >/check/result; exit 0; }
+for _ in $(seq 100); do [ "$(systemctl is-active lanvan)" = active ] && break; sleep 0.2; done
+[ "$(systemctl is-active lanvan)" = active ] || result "lanvan is $(systemctl is-active lanvan)"
+echo "dropped on a real systemd" >/tmp/h.txt
+sha=$(sha256sum /tmp/h.txt | cut -d' ' -f1)
+r=$(curl -sS -X POST http://127.0.0.1/api/uploads -d "{\"name\":\"h.txt\",\"size\":26,\"sha256\":\"$sha\"}")
+id=$(grep -o '"id":"[0-9a-f]*"' <<<"$r" | cut -d'"' -f4)
+curl -sS --fail -X PUT "http://127.0.0.1/api/uploads/$id/chunks/0" -H "x-chunk-sha256: $sha" --data-binary @/tmp/h.txt || result "chunk refused"
+curl -sS --fail -X POST "http://127.0.0.1/api/uploads/$id/finish" || result "finish refused"
+[ "$(curl -sS http://127.0.0.1/api/files/h.txt | sha256sum | cut -d' ' -f1)" = "$sha" ] || result "download differs"
+cmp -s /tmp/h.txt /var/lib/private/lanvan/files/h.txt || result "not in the state directory"
+pid=$(systemctl show -P MainPID lanvan)
+status=$(cat "/proc/$pid/status")
+grep -q '^Seccomp:[[:space:]]*2' <<<"$status" || result "no seccomp filter"
+grep -q '^NoNewPrivs:[[:space:]]*1' <<<"$status" || result "NoNewPrivs is off"
+grep -q '^CapEff:[[:space:]]*0000000000000400$' <<<"$status" || result "capabilities: $(grep CapEff <<<"$status")"
+[ "$(stat -c %u "/proc/$pid")" -ge 61184 ] || result "not a dynamic user: uid $(stat -c %u "/proc/$pid")"
+sleep 5  # more than twice WatchdogSec
+[ "$(systemctl show -P NRestarts lanvan)" = 0 ] || result "restarted $(systemctl show -P NRestarts lanvan) times"
+[ "$(systemctl show -P SubState lanvan)" = running ] || result "lanvan is $(systemctl show -P SubState lanvan)"
+systemctl stop lanvan
+[ "$(systemctl show -P ExecMainStatus lanvan)" = 0 ] || result "exit status $(systemctl show -P ExecMainStatus lanvan)"
+[ "$(systemctl show -P Result lanvan)" = success ] || result "result $(systemctl show -P Result lanvan)"
+journalctl -u lanvan --no-pager
+result ok
+CHECK
+chmod +x "$work/nspawn/check/check.sh"
+cat >"$work/nspawn/check.service" <<'UNIT'
+[Unit]
+Wants=lanvan.service
+After=lanvan.service
+SuccessAction=poweroff-immediate
+FailureAction=poweroff-immediate
+[Service]
+Type=oneshot
+ExecStart=/check/check.sh
+UNIT
+timeout 180 systemd-nspawn --quiet --keep-unit --register=no --volatile=yes -D / --private-network \
+    --bind-ro="$root/usr/local/bin:/usr/local/bin" \
+    --bind-ro="$unit:/etc/systemd/system/lanvan.service" \
+    --bind-ro="$work/nspawn/dropin:/etc/systemd/system/lanvan.service.d" \
+    --bind-ro="$root/etc/lanvan:/etc/lanvan" \
+    --bind-ro="$work/nspawn/check.service:/etc/systemd/system/lanvan-check.service" \
+    --bind="$work/nspawn/check:/check" \
+    -b systemd.unit=lanvan-check.service systemd.firstboot=off \
+    systemd.mask=systemd-networkd-wait-online.service >"$work/nspawn/console" 2>&1 || true
+if [ "$(cat "$work/nspawn/check/result" 2>/dev/null)" != ok ]; then
+    sed 's/\x1b\[[0-9;]*[mK]//g' "$work/nspawn/console" | tail -30 >&2
+    cat "$work/nspawn/check/log" >&2 2>/dev/null || true
+    fail "under systemd: $(cat "$work/nspawn/check/result" 2>/dev/null || echo 'the check did not run')"
+fi
+ok "under a real systemd (nspawn): notify, watchdog at 2 s, DynamicUser, seccomp, port 80 only capability, upload and download, clean stop"
 echo "test-systemd: $passed passed, 0 failed"
