@@ -20,3 +20,7 @@ cargo test --all-targets
 
 # The browser app in headless Chromium (installs Chromium and npm packages when missing).
 bash scripts/test-browser.sh
+
+# The appliance: static cross builds under qemu, and the systemd unit, installer and sandbox.
+bash scripts/test-cross.sh
+bash scripts/test-systemd.sh

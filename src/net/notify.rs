@@ -23,8 +23,15 @@ pub fn send(state: &str) {
     }
 }
 
-/// Half of `WATCHDOG_USEC`, if systemd asked for watchdog pings.
+/// Half of `WATCHDOG_USEC`, if systemd asked this process for watchdog pings. systemd
+/// names the watched process in `WATCHDOG_PID`; a process that merely inherited the
+/// variables (a child of the box) is not it, and stays silent.
 pub fn watchdog_interval() -> Option<Duration> {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }

@@ -194,15 +194,15 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             super::battery::start(&app, &why, &ex);
         }
         notify::send("READY=1");
-        if let Some(every) = notify::watchdog_interval() {
+        // Kept, not detached: dropped at shutdown, so no ping follows STOPPING=1.
+        let watchdog = notify::watchdog_interval().map(|every| {
             ex.spawn(async move {
                 loop {
                     Timer::after(every).await;
                     notify::send("WATCHDOG=1");
                 }
             })
-            .detach();
-        }
+        });
         ex.spawn(hub_timers(app.clone())).detach();
         if let Some(advert) = &advert {
             let advert = advert.clone();
@@ -249,6 +249,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             }
         };
         smol::future::or(accept, stop).await;
+        drop(watchdog);
         notify::send("STOPPING=1");
         drop(listener);
         // Say goodbye to every device, then let chunk writes already queued reach disk:
