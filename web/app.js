@@ -7,6 +7,7 @@ import { Uploader } from './uploads.js';
 import { FileList } from './files.js';
 import { Clipboard } from './clipboard.js';
 import { DeviceList } from './devices.js';
+import { Sends } from './send.js';
 import { describeError, toast } from './ui.js';
 
 const $ = (id) => document.getElementById(id);
@@ -15,14 +16,17 @@ const me = identity();
 const conn = new Connection(me);
 const files = new FileList($('files'), $('files-empty'), $('files-count'));
 const uploader = new Uploader(me, $('uploads'));
-new DeviceList(conn, $('devices'), $('dev-count'));
+const devices = new DeviceList(conn, $('devices'), $('dev-count'));
+const sends = new Sends(conn, devices, {
+  list: $('transfers'), dialog: $('offer'), picker: $('send-pick'),
+});
 new Clipboard(conn, {
   form: $('clip-form'), text: $('clip-text'), send: $('clip-send'), current: $('clip-current'),
   historyBox: $('clip-history-box'), history: $('clip-history'), historyCount: $('clip-history-count'),
 });
 
 // For modules added later (relay.js) and for tests.
-window.lanvan = { me, conn, uploader, files };
+window.lanvan = { me, conn, uploader, files, sends };
 
 // Connection indicator.
 const STATES = { open: 'Connected', connecting: 'Connecting…' };
@@ -49,7 +53,10 @@ conn.on('welcome', (m) => {
 conn.on('file_added', (m) => files.added(m.file));
 conn.on('file_deleted', (m) => files.deleted(m.name));
 conn.on('error', (m) => {
-  if (m.code !== 'not_implemented') toast(describeError(m.code, m.message));
+  // Relay errors reach the transfer they belong to (send.js).
+  if (m.code !== 'not_implemented' && !String(m.ref_type || '').startsWith('relay_')) {
+    toast(describeError(m.code, m.message));
+  }
 });
 
 // This device's name.

@@ -1,6 +1,7 @@
 // The one WebSocket to the box (docs/protocol.md) and this browser's identity. Reconnects
 // by itself with backoff and notices a dead socket with app-level pings. Other modules
-// (the app, relay.js) listen with `conn.on(type, fn)` and send with `conn.send(msg)`.
+// (the app, relay.js) listen with `conn.on(type, fn)` and send with `conn.send(msg)`;
+// `socket` is emitted with each new WebSocket before it opens.
 
 const STORE_KEY = 'lanvan.device';
 
@@ -89,6 +90,8 @@ export class Connection {
     const q = new URLSearchParams({ name: this.me.name, kind: this.me.kind });
     const ws = new WebSocket(`${proto}//${location.host}/ws/${encodeURIComponent(this.me.id)}?${q}`);
     this.ws = ws;
+    // relay.js listens on the socket itself, from before it opens (docs/protocol.md).
+    this.emit('socket', ws);
     ws.onopen = () => {
       this.lastHeard = Date.now();
       this.backoff = 500;
