@@ -61,6 +61,9 @@
 //       startChunk * chunkSize; pass them as `accept(writer, callbacks, prefixBytes)` so
 //       they count in the SHA-256 (they are not written again).
 //   The returned incoming has .cancel(reason).
+//   offer.onWithdrawn = ({by, reason, code}) => ...   set it to hear that an offer nobody
+//       has answered yet was cancelled by the sender or failed (e.g. the sender left), so
+//       the UI can take its prompt down.
 
 const HEADER = 8;
 
@@ -146,7 +149,7 @@ export class Relay {
   _offer(msg) {
     const inc = new Incoming(this, msg);
     this.inc.set(msg.id, inc);
-    this.onOffer({
+    inc.prompt = {
       id: msg.id,
       from: msg.from,
       fromName: msg.from_name,
@@ -160,7 +163,9 @@ export class Relay {
       accept: (writer, callbacks, prefix) => inc._accept(writer, callbacks, prefix),
       decline: (reason) => inc._decline(reason),
       cancel: (reason) => inc.cancel(reason),
-    });
+      onWithdrawn: null,
+    };
+    this.onOffer(inc.prompt);
   }
 
   _onChunk(buf) {
@@ -419,6 +424,7 @@ class Incoming {
           this.done = true;
           this.relay.inc.delete(this.id);
           if (this.writer) this.writer.abort(msg.message || msg.reason);
+          else if (this.prompt?.onWithdrawn) this.prompt.onWithdrawn({ by: msg.by, reason: msg.reason, code: msg.code });
           if (msg.type === "relay_cancelled") this._cb("onCancelled", { by: msg.by, reason: msg.reason });
           else this._cb("onError", { code: msg.code, message: msg.message });
         });

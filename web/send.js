@@ -235,6 +235,13 @@ export class Sends {
     }
     if (this.prompted.has(offer.id)) return;
     this.prompted.add(offer.id);
+    offer.onWithdrawn = () => {
+      const showing = this.dialog.open && this.offers[0] === offer;
+      this.offers = this.offers.filter((o) => o !== offer);
+      if (showing) this.dialog.close();
+      toast(`${offer.fromName || this.nameOf(offer.from)} cancelled “${offer.name}”.`, 'info');
+      this.prompt();
+    };
     this.offers.push(offer);
     this.prompt();
   }

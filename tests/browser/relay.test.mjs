@@ -134,6 +134,9 @@ test('a trusted device\'s file downloads without a prompt; the sender can cancel
   await waiting.locator('button').click();
   await a.page.locator('#transfers li[data-state="error"] .status', { hasText: 'Cancelled.' })
     .waitFor({ timeout: 10000 });
+  // The receiver's prompt goes away, and it is told why.
+  await c.page.locator('#offer[open]').waitFor({ state: 'detached', timeout: 10000 });
+  await c.page.locator('#toasts', { hasText: 'cancelled “trusted.bin”' }).waitFor({ timeout: 5000 });
   await a.context.close();
   await c.context.close();
 });
