@@ -215,8 +215,15 @@ export class Uploader {
     for (const file of files) {
       const key = fileKey(file);
       if (this.queue.some((u) => u.key === key && !u.cancelled && u.state !== 'done' && u.state !== 'error')) continue;
-      const row = this.paused.get(key);
-      this.paused.delete(key);
+      // Some pickers give a file a new lastModified each time: match on name and size too
+      // (the box resumes by content anyway, since the upload declares its hash).
+      const prefix = `${file.name}|${file.size}|`;
+      const pausedKey = this.paused.has(key) ? key : [...this.paused.keys()].find((k) => k.startsWith(prefix));
+      const row = pausedKey && this.paused.get(pausedKey);
+      if (pausedKey) {
+        this.paused.delete(pausedKey);
+        if (pausedKey !== key) this.forget(pausedKey);
+      }
       const u = new Upload(this, file, row);
       if (!row) this.list.prepend(u.row);
       this.queue.push(u);
