@@ -8,7 +8,7 @@ import { readFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   startBox, launch, openApp, waitConnected, fillRandom, sha256, makeFile, tempDir, waitFor,
-  lanUrl, ARTIFACTS,
+  lanUrl, ARTIFACTS, recordStatuses,
 } from './harness.mjs';
 
 const MiB = 1 << 20;
@@ -24,18 +24,6 @@ after(async () => {
   await browser?.close();
   await box?.stop();
 });
-
-/** Every status text an upload row shows, collected in the page as it changes. */
-async function recordStatuses(page) {
-  await page.evaluate(() => {
-    window.statuses = [];
-    new MutationObserver(() => {
-      for (const s of document.querySelectorAll('#uploads .status')) {
-        if (window.statuses.at(-1) !== s.textContent) window.statuses.push(s.textContent);
-      }
-    }).observe(document.getElementById('uploads'), { subtree: true, childList: true, characterData: true });
-  });
-}
 
 async function downloadSha(page, name) {
   const [dl] = await Promise.all([

@@ -141,3 +141,19 @@ export async function waitFor(cond, ms = 10000, what = 'condition') {
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/**
+ * Every status text the rows of list `#id` show (`uploads` or `transfers`), collected in the
+ * page as it changes, into `window.statuses`.
+ */
+export async function recordStatuses(page, id = 'uploads') {
+  await page.evaluate((id) => {
+    window.statuses = [];
+    const list = document.getElementById(id);
+    new MutationObserver(() => {
+      for (const s of list.querySelectorAll('.status')) {
+        if (window.statuses.at(-1) !== s.textContent) window.statuses.push(s.textContent);
+      }
+    }).observe(list, { subtree: true, childList: true, characterData: true });
+  }, id);
+}

@@ -6,7 +6,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { startBox, launch, openApp, makeFile, sha256, tempDir } from './harness.mjs';
+import {
+  startBox, launch, openApp, makeFile, sha256, tempDir, recordStatuses,
+} from './harness.mjs';
 
 const MiB = 1 << 20;
 let browser;
@@ -21,18 +23,6 @@ after(async () => {
   await browser?.close();
   await box?.stop();
 });
-
-/** Every status text a transfer row shows, collected in the page as it changes. */
-async function recordStatuses(page) {
-  await page.evaluate(() => {
-    window.statuses = [];
-    new MutationObserver(() => {
-      for (const s of document.querySelectorAll('#transfers .status')) {
-        if (window.statuses.at(-1) !== s.textContent) window.statuses.push(s.textContent);
-      }
-    }).observe(document.getElementById('transfers'), { subtree: true, childList: true, characterData: true });
-  });
-}
 
 /** Opens two devices and waits until each lists the other with a "Send file" button. */
 async function twoDevices() {
@@ -56,8 +46,8 @@ async function pickFor(page, deviceId, path) {
 test('a 50 MiB file sent through the relay arrives with the same SHA-256', { timeout: 120000 }, async () => {
   const { a, b, idB } = await twoDevices();
   const file = makeFile(files, 'relay 50MiB.bin', 50 * MiB, 4242);
-  await recordStatuses(a.page);
-  await recordStatuses(b.page);
+  await recordStatuses(a.page, 'transfers');
+  await recordStatuses(b.page, 'transfers');
   await pickFor(a.page, idB, file.path);
 
   const prompt = b.page.locator('#offer[open]');
