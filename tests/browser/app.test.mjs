@@ -360,8 +360,10 @@ test('a 1 GiB file is sent without the page holding it in memory', { timeout: 18
   console.log(`renderer RSS: ${(baseline / MiB).toFixed(0)} MiB before, peak ${(peak / MiB).toFixed(0)} MiB while sending 1 GiB`);
   assert.ok(renderers.length > 0);
   // Each 1 MiB slice read for hashing is garbage at once; V8 frees it in batches, so RSS
-  // saw-tooths (measured: 150 to 330 MiB) but does not follow the file's size.
-  assert.ok(grew < 384 * MiB, `the page grew by ${(grew / MiB).toFixed(0)} MiB`);
+  // saw-tooths (peak growth measured 235 to 356 MiB, more when the CPU is busy, since
+  // collection then lags) but does not follow the file's size. Holding the file would
+  // grow it by at least 1 GiB.
+  assert.ok(grew < 512 * MiB, `the page grew by ${(grew / MiB).toFixed(0)} MiB`);
   const { files: listed } = await own.json('/api/files');
   assert.equal(listed[0].sha256, big.sha256);
   await solo.close();
