@@ -94,6 +94,10 @@ export async function openApp(browser, box, options = {}) {
   const context = await browser.newContext({ acceptDownloads: true, ...options });
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error('page error:', e));
+  // File-chooser interception is switched on in the browser when the first listener is
+  // added. Switching it on here, long before any click, means a later
+  // waitForEvent('filechooser') cannot lose a race with a fast click or key press.
+  page.on('filechooser', () => {});
   await page.goto(lanUrl(box) + '/');
   await waitConnected(page);
   return { context, page };
