@@ -576,6 +576,19 @@ impl Relay {
             )),
         };
         if let Err(r) = result {
+            let in_flight = matches!(
+                ty,
+                "relay_ack" | "relay_done" | "relay_end" | "relay_cancel"
+            );
+            let id = msg.get("id").and_then(Value::as_u64);
+            if r.code == "unknown_transfer"
+                && in_flight
+                && id.is_some_and(|id| self.ended_recently(id))
+            {
+                // Sent before its sender learnt that the transfer had ended; the last word
+                // (complete, cancelled...) reaches it anyway.
+                return true;
+            }
             let mut reply =
                 json!({"type": "error", "code": r.code, "message": r.message, "ref_type": ty});
             if let Some(id) = msg.get("id").filter(|v| v.is_u64()) {
@@ -604,6 +617,11 @@ impl Relay {
     ) {
         self.clock = now.at;
         if let Err(r) = self.take_chunk(conn, frame, out) {
+            let id = decode_header(frame).map(|(id, _, _)| u64::from(id));
+            if r.code == "unknown_transfer" && id.is_some_and(|id| self.ended_recently(id)) {
+                // A chunk in flight when its transfer ended: dropped without a word.
+                return;
+            }
             let mut reply = json!({"type": "error", "code": r.code, "message": r.message, "ref_type": "relay_chunk"});
             if let Some((id, index, _)) = decode_header(frame) {
                 reply["id"] = json!(id);
@@ -1502,6 +1520,13 @@ impl Relay {
             self.notices.pop_front();
         }
         self.notices.push_back((device.to_owned(), msg));
+    }
+
+    /// Whether transfer `id` ended within the grace period (its last word is still kept).
+    fn ended_recently(&self, id: u64) -> bool {
+        self.recent
+            .iter()
+            .any(|(_, _, m)| m["id"].as_u64() == Some(id))
     }
 
     /// Sends `msg` to `device` if it is connected. A transfer's last word (complete,
