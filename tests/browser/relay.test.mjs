@@ -5,9 +5,10 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import {
-  startBox, launch, openApp, makeFile, sha256, tempDir, recordStatuses,
+  startBox, launch, openApp, makeFile, sha256, tempDir, recordStatuses, ARTIFACTS,
 } from './harness.mjs';
 
 const MiB = 1 << 20;
@@ -55,6 +56,11 @@ test('a 50 MiB file sent through the relay arrives with the same SHA-256', { tim
   assert.match(await prompt.locator('.offer-text').textContent(), /wants to send you a file/);
   assert.equal(await prompt.locator('.offer-name').textContent(), 'relay 50MiB.bin');
   assert.equal(await prompt.locator('.offer-size').textContent(), '52.4 MB');
+  // What a phone sees: the prompt over the page at 360 px (a test artifact).
+  await b.page.setViewportSize({ width: 360, height: 780 });
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await b.page.screenshot({ path: join(ARTIFACTS, 'relay-offer-360.png') });
+  console.log(`# screenshot: ${join(ARTIFACTS, 'relay-offer-360.png')}`);
 
   const [download] = await Promise.all([
     b.page.waitForEvent('download', { timeout: 90000 }),
