@@ -296,11 +296,33 @@ fn browser_url(local: SocketAddr) -> String {
     }
 }
 
+/// The IPv4 address other devices on the LAN most likely reach the box at (for the start-up
+/// line and the QR code): the best-ranked of [`lan_rank`], first found on a tie.
 pub(crate) fn lan_address() -> Option<std::net::IpAddr> {
-    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
-        let addr = ifa.address?;
-        let v4 = addr.as_sockaddr_in()?.ip();
-        (!v4.is_loopback()).then_some(std::net::IpAddr::V4(v4))
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    let best = addrs
+        .filter_map(|ifa| {
+            let v4 = ifa.address?.as_sockaddr_in()?.ip();
+            Some((lan_rank(&ifa.interface_name, v4)?, v4))
+        })
+        .min_by_key(|&(rank, _)| rank)?;
+    Some(std::net::IpAddr::V4(best.1))
+}
+
+/// How likely `ip` on interface `name` is the address phones on the LAN use: 0 for a private
+/// (RFC 1918) address on a real interface, then other addresses on real interfaces, then
+/// container, VPN and bridge interfaces, then link-local. None for loopback.
+fn lan_rank(name: &str, ip: std::net::Ipv4Addr) -> Option<u8> {
+    const VIRTUAL: [&str; 8] = ["docker", "br-", "veth", "virbr", "tun", "tap", "wg", "zt"];
+    if ip.is_loopback() || ip.is_unspecified() {
+        return None;
+    }
+    let virtual_if = VIRTUAL.iter().any(|p| name.starts_with(p));
+    Some(match (ip.is_link_local(), virtual_if, ip.is_private()) {
+        (true, _, _) => 4,
+        (false, true, _) => 3,
+        (false, false, false) => 1,
+        (false, false, true) => 0,
     })
 }
 
@@ -398,5 +420,32 @@ struct Defer<F: FnMut()>(F);
 impl<F: FnMut()> Drop for Defer<F> {
     fn drop(&mut self) {
         (self.0)()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lan_rank;
+
+    #[test]
+    fn the_lan_address_prefers_a_private_address_on_a_real_interface() {
+        let ip = |s: &str| s.parse().unwrap();
+        let mut found = [
+            ("docker0", ip("172.17.0.1")),
+            ("wg0", ip("10.8.0.2")),
+            ("eth0", ip("169.254.3.4")),
+            ("wlan0", ip("192.168.1.20")),
+            ("eth1", ip("203.0.113.5")),
+            ("lo", ip("127.0.0.1")),
+        ]
+        .map(|(name, a)| (lan_rank(name, a), name));
+        found.sort();
+        let order: Vec<_> = found
+            .iter()
+            .filter(|(r, _)| r.is_some())
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(order, ["wlan0", "eth1", "docker0", "wg0", "eth0"]);
+        assert_eq!(lan_rank("lo", ip("127.0.0.1")), None);
     }
 }
