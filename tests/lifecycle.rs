@@ -3,14 +3,14 @@
 
 mod common;
 
-use common::{bin, spawn_logged, temp_dir, wait_for, Lanvan};
+use common::{bin, spawn_logged, temp_dir, wait_exit, wait_for, Lanvan};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -100,18 +100,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Waits up to `secs` for the process to exit.
-fn wait_exit(child: &mut Child, secs: u64) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "still running after {secs} s");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bin, spawn_logged, temp_dir};
+use common::{bin, spawn_logged, temp_dir, wait_exit};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixAddr};
 use nix::unistd::Pid;
@@ -13,7 +13,7 @@ use std::io::IoSliceMut;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The notify socket of a fake systemd.
@@ -97,17 +97,6 @@ fn serve_under(systemd: &FakeSystemd, data: &Path) -> Command {
         }
     }
     cmd
-}
-
-fn wait_exit(child: &mut Child, secs: u64) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "still running after {secs} s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

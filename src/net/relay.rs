@@ -9,9 +9,8 @@ use crate::core::hub::ConnId;
 use crate::core::relay::{encode_header, InboxEntry, Relay, RelayLimits, RelayOutput, TransferId};
 use crate::store::disk::Disk;
 use crate::store::inbox::Inbox;
-use smol::Timer;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Inbox file work for the worker task. At most one per transfer is under way (the relay
 /// waits for each answer) plus deletes, so the queue is bounded by
@@ -309,20 +308,15 @@ pub async fn inbox_worker(app: Rc<App>, jobs: smol::channel::Receiver<InboxJob>)
     }
 }
 
-/// Offer deadlines, grace periods and inbox expiry.
+/// Offer deadlines, grace periods and inbox expiry (an offer may time out up to 1 s late).
 pub async fn relay_timers(app: Rc<App>) {
-    loop {
-        let now = app.now();
-        let next = app.relay.borrow().poll_timeout(now);
-        // At most 1 s between looks (offers made meanwhile may have nearer deadlines, so
-        // an offer times out up to 1 s late), and no wake-ups faster than that when idle.
-        let wait = next
-            .map(|t| t.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
-        Timer::after(wait).await;
-        let mut out = Vec::new();
-        app.relay.borrow_mut().handle_timeout(app.now(), &mut out);
-        app.dispatch_relay(out);
-    }
+    super::server::drive_timers(
+        || app.relay.borrow().poll_timeout(app.now()),
+        || {
+            let mut out = Vec::new();
+            app.relay.borrow_mut().handle_timeout(app.now(), &mut out);
+            app.dispatch_relay(out);
+        },
+    )
+    .await
 }

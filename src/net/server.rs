@@ -328,16 +328,27 @@ fn lan_rank(name: &str, ip: std::net::Ipv4Addr) -> Option<u8> {
 
 /// Closes sockets the hub finds silent for too long.
 async fn hub_timers(app: Rc<App>) {
+    drive_timers(
+        || app.hub.borrow().poll_timeout(),
+        || {
+            let mut out = Vec::new();
+            app.hub.borrow_mut().handle_timeout(app.now(), &mut out);
+            app.dispatch(out);
+        },
+    )
+    .await
+}
+
+/// Drives a state machine's deadlines: sleeps until `next` (at most 1 s ahead, so a deadline
+/// set meanwhile is seen within a second, and no faster wake-ups when idle), then `fire`s.
+pub(crate) async fn drive_timers(next: impl Fn() -> Option<Instant>, mut fire: impl FnMut()) {
     loop {
-        let next = app.hub.borrow().poll_timeout();
-        let wait = next
+        let wait = next()
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1));
         Timer::after(wait).await;
-        let mut out = Vec::new();
-        app.hub.borrow_mut().handle_timeout(app.now(), &mut out);
-        app.dispatch(out);
+        fire();
     }
 }
 

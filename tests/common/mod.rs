@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -335,6 +335,18 @@ pub fn fill_pseudo_random(seed: u64, out: &mut [u8]) {
         x ^= x << 17;
         let b = x.to_le_bytes();
         chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+}
+
+/// Waits up to `secs` for the process to exit.
+pub fn wait_exit(child: &mut Child, secs: u64) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after {secs} s");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
