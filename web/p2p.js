@@ -447,6 +447,7 @@ class Link {
     dc.onclose = () => this.fail('the data channel closed');
     dc.onerror = () => this.interrupted('the data channel failed');
     dc.onmessage = (e) => this.message(e.data);
+    if (dc.readyState === 'open') dc.onopen();
   }
 
   /** Sends a control message if the channel is open. */
@@ -711,6 +712,8 @@ export class DirectSend {
     });
     this.relayed = this.p2p.sends.relay.send(this.file, this.link.peer, cb,
       this.relayOptions(start, { inbox: true, acceptTimeoutMs: 60000 }));
+    // A path that stopped moving bytes is dead: later sends go through the box too.
+    if (reason === 'stalled') this.link.fail(why);
   }
 
   /** The receiver went to the background: the send is left in its inbox on the box. */
@@ -963,13 +966,16 @@ class DirectReceive {
     orphans.delete(this);
     this.link.receives.delete(this.id);
     this.call('onVia', 'fallback', 'P2P failed, using server');
-    // Chunks already on their way to the writer go first; then the relay writes on.
-    this.queue.then(() => {
-      const held = this.next;
-      const spent = this.sha256;
-      const hasher = spent ? { update() {}, hex: () => spent } : this.hasher;
-      record({ event: 'receiver_switched', id: this.id, held, start_chunk: offer.startChunk || 0, wait_ms: Math.round(now() - at) });
-      this.relayed = offer.accept(this.writer, this.cb, { hasher, held });
+    // Accepted at once (the box sends nothing before); chunks already on their way to the
+    // writer go first, then the relay writes on after them.
+    this.relayed = offer.accept(this.writer, this.cb, {
+      after: this.queue,
+      resume: () => {
+        const held = this.next;
+        const spent = this.sha256;
+        record({ event: 'receiver_switched', id: this.id, held, start_chunk: offer.startChunk || 0, wait_ms: Math.round(now() - at) });
+        return { hasher: spent ? { update() {}, hex: () => spent } : this.hasher, held };
+      },
     });
     return true;
   }

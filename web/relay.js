@@ -64,9 +64,10 @@
 //       With startChunk > 0 the receiver must already hold the bytes before
 //       startChunk * chunkSize; pass them as `accept(writer, callbacks, prefixBytes)` so
 //       they count in the SHA-256 (they are not written again). A P2P receive that
-//       already wrote `held` >= startChunk chunks passes `{hasher, held}` instead: its
-//       running Sha256 of chunks 0..held-1; the relay acks chunks below `held` without
-//       writing or hashing them again.
+//       already wrote chunks passes `{after, resume}` instead: `after` is a promise of
+//       its last write, then `resume()` returns `{hasher, held}`: its running Sha256 of
+//       chunks 0..held-1 (held >= startChunk). The relay acks chunks below `held` without
+//       writing or hashing them again. Accept at once either way: chunks wait in order.
 //       offer.ref is the sender's `ref` (e.g. "p2p:<id>"), if it gave one.
 //   The returned incoming has .cancel(reason).
 //   offer.onWithdrawn = ({by, reason, code}) => ...   set it to hear that an offer nobody
@@ -380,16 +381,22 @@ class Incoming {
   _accept(writer, callbacks = {}, prefix) {
     this.writer = writer;
     this.callbacks = callbacks;
-    if (prefix && prefix.hasher) {
-      this.hasher = prefix.hasher;
-      this.held = prefix.held;
+    const size = this.offer.size;
+    this.meter = new Meter(size, (p) => this._cb("onProgress", p));
+    this.received = Math.min(size, this.next * this.offer.chunk_size);
+    if (prefix && prefix.resume) {
+      // Chunks from the box queue behind the P2P receive's last write.
+      this.queue = Promise.resolve(prefix.after).catch(() => {}).then(() => {
+        const { hasher, held } = prefix.resume();
+        this.hasher = hasher;
+        this.held = held;
+        this.received = Math.min(size, Math.max(this.next, held) * this.offer.chunk_size);
+      });
     } else if (this.next > 0 && prefix) {
       this.hasher.update(prefix);
     }
-    this.received = Math.min(this.offer.size, Math.max(this.next, this.held) * this.offer.chunk_size);
-    this.meter = new Meter(this.offer.size, (p) => this._cb("onProgress", p));
     if (!this.offer.auto_accepted) this.relay._json({ type: "relay_accept", id: this.id });
-    if (this.next === this.chunks) this._done();
+    this.queue = this.queue.then(() => { if (this.next === this.chunks) this._done(); });
     return this;
   }
 
