@@ -433,6 +433,7 @@ class Link {
     dc.binaryType = 'arraybuffer';
     dc.bufferedAmountLowThreshold = LOW;
     dc.onopen = () => {
+      if (this.state === 'connected') return;
       clearTimeout(this.timer);
       this.state = 'connected';
       this.setupMs = now() - this.startedAt;
@@ -688,7 +689,7 @@ export class DirectSend {
     this.state = 'moved';
     clearInterval(this.watch);
     this.link.sends.delete(this.id);
-    this.link.say({ t: 'moved', id: this.id, to: 'relay' });
+    this.link.say({ t: 'moved', id: this.id, to: 'relay', reason });
     // Not yet accepted: the receiver's prompt comes again, from the box, from chunk 0.
     const start = accepted ? this.acked : 0;
     const entry = { event: 'fallback', id: this.id, reason, why, start_chunk: start, chunks: this.chunks };
@@ -701,13 +702,12 @@ export class DirectSend {
         entry.switch_ms = Math.round(now() - detectedAt);
         this.call('onAccepted');
       },
-      onProgress: (p) => {
-        if (entry.flowing_ms == null && p.bytes > start * this.chunkSize) {
+      onAcked: (acked) => {
+        if (entry.flowing_ms == null && acked > start) {
           entry.flowing_ms = Math.round(now() - detectedAt);
           record(entry);
           this.call('onSwitched', entry);
         }
-        this.call('onProgress', p);
       },
     });
     this.relayed = this.p2p.sends.relay.send(this.file, this.link.peer, cb,
@@ -735,7 +735,7 @@ export class DirectSend {
   relayCallbacks(over) {
     const done = () => { this.p2p.moving.delete(this); this.p2p.render(); };
     const cb = {};
-    for (const name of ['onOffered', 'onAccepted', 'onToInbox', 'onDeclined', 'onProgress', 'onPaused',
+    for (const name of ['onOffered', 'onAccepted', 'onAcked', 'onToInbox', 'onDeclined', 'onProgress', 'onPaused',
       'onResumed', 'onStored', 'onComplete', 'onCancelled', 'onError', 'onWarning']) {
       cb[name] = (arg) => {
         if (['onDeclined', 'onStored', 'onComplete', 'onCancelled', 'onError'].includes(name)) done();
@@ -854,6 +854,7 @@ class DirectReceive {
         break;
       case 'moved':
         // The sender continues through the box; its offer is claimed when it comes.
+        this.movedWhy = m.reason;
         if (this.state === 'offered') this.withdrawPrompt();
         break;
     }
@@ -965,7 +966,8 @@ class DirectReceive {
     clearTimeout(this.graceTimer);
     orphans.delete(this);
     this.link.receives.delete(this.id);
-    this.call('onVia', 'fallback', 'P2P failed, using server');
+    this.call('onVia', 'fallback', this.movedWhy === 'hidden'
+      ? 'Continuing through the box (the sender’s page is in the background)' : 'P2P failed, using server');
     // Accepted at once (the box sends nothing before); chunks already on their way to the
     // writer go first, then the relay writes on after them.
     this.relayed = offer.accept(this.writer, this.cb, {

@@ -39,6 +39,7 @@
 //         onToInbox()                   no answer in time: it goes to the device's inbox
 //         onDeclined({reason})
 //         onProgress(p)                 p = {bytes, total, speed (bytes/s), eta (s or null)}
+//         onAcked(acked)                every confirmation, unthrottled (chunks 0..acked-1)
 //         onPaused({reason})            the other side's socket dropped; waiting for it
 //         onResumed({fromChunk})
 //         onStored({inboxId, expiresAt})  "waiting on the box" (final for this send)
@@ -290,6 +291,7 @@ class Outgoing {
         this.acked = msg.acked;
         this.windowEnd = msg.window_end;
         this.meter.update(Math.min(this.file.size, this.acked * this.chunkSize));
+        if (this.callbacks.onAcked) this._cb("onAcked", this.acked);
         break;
       case "relay_paused": this.flowing = false; this._cb("onPaused", { reason: msg.reason }); break;
       case "relay_resume":
