@@ -552,10 +552,13 @@ fn a_store_send_goes_to_the_inbox_of_a_connected_device_and_is_offered_when_stor
     let mut o = Outgoing::new("b", "hidden.bin", Data::Bytes(data.clone()));
     o.store = true;
     o.client_ref = Some("p2p-xfer-8".into());
+    // A fallback that starts mid-file: the inbox keeps whole files, so it starts at 0.
+    o.start_chunk = 2;
     a.offer(o);
     // The sender's bytes go to the box's disk although b is online (its page is hidden).
     assert!(a.run_until(30, Client::all_ended));
     assert_eq!(a.out[0].events[0]["mode"], "inbox");
+    assert_eq!(a.out[0].events[0]["start_chunk"], 0);
     assert_eq!(a.out[0].result_type(), Some("relay_stored"));
     // Stored while b is connected: b is offered it at once, with the ref, and takes it.
     assert!(b.run_until(30, |c| !c.inc.is_empty() && c.all_ended()));

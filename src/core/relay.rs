@@ -759,7 +759,7 @@ impl Relay {
                     .ok_or_else(|| reject("bad_offer", "`sha256` must be 64 hex digits"))?,
             ),
         };
-        let start = opt_u64(msg, "start_chunk")?.unwrap_or(0);
+        let mut start = opt_u64(msg, "start_chunk")?.unwrap_or(0);
         let timeout_ms = opt_u64(msg, "accept_timeout_ms")?;
         let inbox = opt_bool(msg, "inbox")?;
         // Straight to the inbox even if the receiver is online (its page is hidden, say).
@@ -837,6 +837,10 @@ impl Relay {
                     self.limits.max_inbox
                 ),
             ));
+        }
+        if online.is_none() {
+            // An inbox file is always whole, so its offer says so from the first reply.
+            start = 0;
         }
         let id = self.next_id;
         self.next_id += 1;
