@@ -444,11 +444,26 @@ class Link {
       this.say({ t: 'vis', hidden: hidden() });
       this.waiters.splice(0).forEach((w) => w(true));
       this.p2p.render();
+      this.logPath();
     };
     dc.onclose = () => this.fail('the data channel closed');
     dc.onerror = () => this.interrupted('the data channel failed');
     dc.onmessage = (e) => this.message(e.data);
     if (dc.readyState === 'open') dc.onopen();
+  }
+
+  /** Logs which candidates the connection uses: "srflx" is the address the box's STUN saw. */
+  async logPath() {
+    try {
+      const stats = await this.pc.getStats();
+      let pair = null;
+      stats.forEach((r) => {
+        if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+      });
+      const local = pair && stats.get(pair.localCandidateId);
+      const remote = pair && stats.get(pair.remoteCandidateId);
+      record({ event: 'path', peer: this.peer, local: local?.candidateType, remote: remote?.candidateType });
+    } catch { /* closed meanwhile */ }
   }
 
   /** Sends a control message if the channel is open. */

@@ -28,7 +28,7 @@ before(async () => {
   origin = `http://${ADDR}:${box.port}`;
 });
 after(async () => {
-  nft(['delete', 'table', 'inet', 'lanvan_p2p_test'], true);
+  uncut();
   await browser?.close();
   await box?.stop();
 });
@@ -36,6 +36,14 @@ after(async () => {
 function nft(args, mayFail = false) {
   try { execFileSync('nft', args, { stdio: 'pipe' }); } catch (e) { if (!mayFail) throw e; }
 }
+
+/** Drops UDP leaving this namespace's sockets that `match` (nft words), until `uncut()`. */
+function cut(...match) {
+  nft(['add', 'table', 'inet', 'lanvan_p2p_test']);
+  nft(['add', 'chain', 'inet', 'lanvan_p2p_test', 'out', '{ type filter hook output priority 0 ; }']);
+  nft(['add', 'rule', 'inet', 'lanvan_p2p_test', 'out', 'meta', 'l4proto', 'udp', ...match, 'drop']);
+}
+const uncut = () => nft(['delete', 'table', 'inet', 'lanvan_p2p_test'], true);
 
 /** TCP bytes the box received so far (HTTP and WebSocket, relay chunks included). */
 async function boxBytesIn() {
@@ -104,8 +112,19 @@ test('P2P: request, accept, and 50 MiB over the data channel, not through the bo
   const pair = await twoP2PDevices();
   const { a, b, idB } = pair;
   await a.page.screenshot({ path: join(ARTIFACTS, 'p2p-devices.png'), fullPage: true });
-  await connect(pair);
+  // No multicast DNS: the pages cannot resolve each other's hidden host addresses, so only
+  // the address the box's STUN reports (server-reflexive) can connect them.
+  cut('udp', 'dport', '5353');
+  try {
+    await connect(pair);
+  } finally {
+    uncut();
+  }
   await b.page.screenshot({ path: join(ARTIFACTS, 'p2p-connected.png'), fullPage: true });
+  await waitFor(async () => (await p2pLog(a.page)).find((e) => e.event === 'path'), 5000, 'the path');
+  const path = (await p2pLog(a.page)).find((e) => e.event === 'path');
+  assert.ok([path.local, path.remote].some((t) => t === 'srflx' || t === 'prflx'),
+    `the pair uses the box's STUN answer: ${JSON.stringify(path)}`);
 
   const file = makeFile(files, 'direct 50MiB.bin', 50 * MiB, 5050);
   await recordStatuses(a.page, 'transfers');
@@ -132,7 +151,7 @@ test('P2P: request, accept, and 50 MiB over the data channel, not through the bo
       `progress with speed and time left: ${JSON.stringify(seen)}`);
   }
   const setup = (await p2pLog(a.page)).find((e) => e.event === 'connected');
-  console.log(`# P2P setup ${setup.setup_ms} ms; ${through} bytes through the box`);
+  console.log(`# P2P setup ${setup.setup_ms} ms; candidates ${path.local} -> ${path.remote}; ${through} bytes through the box`);
   await a.context.close();
   await b.context.close();
 });
@@ -162,20 +181,17 @@ test('P2P: the direct path cut mid-transfer, the box continues from the confirme
   const { a, b, idB } = pair;
   await connect(pair);
   const file = makeFile(files, 'cut 50MiB.bin', 50 * MiB, 6060);
-  const stun = 3478;
+  const stun = '3478';
   await pickFor(a.page, idB, file.path);
   const hash = acceptAndHash(b);
   await waitProgress(b.page, 0.2);
   const before = await boxBytesIn();
   // Drop every UDP datagram between the pages; the box's STUN port stays open.
-  nft(['add', 'table', 'inet', 'lanvan_p2p_test']);
-  nft(['add', 'chain', 'inet', 'lanvan_p2p_test', 'out', '{ type filter hook output priority 0 ; }']);
-  nft(['add', 'rule', 'inet', 'lanvan_p2p_test', 'out', 'meta', 'l4proto', 'udp',
-    'udp', 'sport', '!=', String(stun), 'udp', 'dport', '!=', String(stun), 'drop']);
+  cut('udp', 'sport', '!=', stun, 'udp', 'dport', '!=', stun);
   try {
     assert.equal(await hash, file.sha256);
   } finally {
-    nft(['delete', 'table', 'inet', 'lanvan_p2p_test'], true);
+    uncut();
   }
   const through = (await boxBytesIn()) - before;
   const moved = (await p2pLog(a.page)).find((e) => e.event === 'fallback');
@@ -190,6 +206,28 @@ test('P2P: the direct path cut mid-transfer, the box continues from the confirme
   await a.page.screenshot({ path: join(ARTIFACTS, 'p2p-fallback.png'), fullPage: true });
   console.log(`# fallback: detection -> relay accepted ${moved.switch_ms} ms, -> first relay ack ${moved.flowing_ms} ms; `
     + `from chunk ${moved.start_chunk} of ${moved.chunks}; ${through} bytes through the box`);
+  await a.context.close();
+  await b.context.close();
+});
+
+test('P2P: a peer connection closed mid-transfer moves the send to the box at once', { timeout: 120000 }, async () => {
+  const pair = await twoP2PDevices();
+  const { a, b, idB } = pair;
+  await connect(pair);
+  const file = makeFile(files, 'closed 20MiB.bin', 20 * MiB, 6161);
+  await pickFor(a.page, idB, file.path);
+  const hash = acceptAndHash(b);
+  await waitProgress(b.page, 0.2);
+  await b.page.evaluate(() => { for (const link of window.lanvan.p2p.links.values()) link.pc.close(); });
+  assert.equal(await hash, file.sha256);
+  const moved = (await p2pLog(a.page)).find((e) => e.event === 'fallback');
+  assert.equal(moved.reason, 'failed');
+  assert.ok(moved.start_chunk > 0, `resumed from chunk ${moved.start_chunk}`);
+  assert.ok(moved.switch_ms <= 1000, `switch took ${moved.switch_ms} ms after detection`);
+  const got = (await p2pLog(b.page)).find((e) => e.event === 'receiver_switched');
+  assert.ok(got.held >= moved.start_chunk, JSON.stringify(got));
+  await b.page.locator('#transfers li[data-state="done"] .via', { hasText: 'P2P failed, using server' })
+    .waitFor({ timeout: 10000 });
   await a.context.close();
   await b.context.close();
 });
@@ -251,6 +289,31 @@ test('P2P: a receiver that goes to the background gets the file from its inbox o
   await b.page.screenshot({ path: join(ARTIFACTS, 'p2p-receiver-hidden.png'), fullPage: true });
   await a.context.close();
   await b.context.close();
+});
+
+test('P2P: in p2p-first mode a send connects by itself and goes direct', { timeout: 120000 }, async () => {
+  const first = await startBox({ host: ADDR, settings: ['p2p.mode=p2p-first', 'p2p.stun_port=3479'] });
+  const o = `http://${ADDR}:${first.port}`;
+  try {
+    const a = await openApp(browser, first, { origin: o });
+    const b = await openApp(browser, first, { origin: o });
+    const idB = await b.page.evaluate(() => window.lanvan.me.id);
+    const idA = await a.page.evaluate(() => window.lanvan.me.id);
+    // P2P is the default choice; each sees the other without touching anything.
+    for (const page of [a.page, b.page]) assert.equal(await page.inputValue('#p2p-mode'), 'p2p');
+    await a.page.locator(`button[data-p2p-connect="${idB}"]`).waitFor({ timeout: 10000 });
+    await b.page.locator(`button[data-p2p-connect="${idA}"]`).waitFor({ timeout: 10000 });
+    const file = makeFile(files, 'first.bin', 5 * MiB, 9090);
+    await pickFor(a.page, idB, file.path);
+    // No connection prompt: only the file's.
+    assert.equal(await acceptAndHash(b), file.sha256);
+    assert.equal(await b.page.locator('#p2p-request[open]').count(), 0);
+    await a.page.locator('#transfers li[data-state="done"][data-via="p2p"]').waitFor({ timeout: 10000 });
+    await a.context.close();
+    await b.context.close();
+  } finally {
+    await first.stop();
+  }
 });
 
 test('P2P: mode off hides every P2P control', { timeout: 60000 }, async () => {
