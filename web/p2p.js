@@ -83,6 +83,7 @@ export class P2P {
     conn.on('p2p_connection_failed', (m) => {
       const link = this.byRequest(m.request_id);
       if (link && link.state !== 'connected') link.fail(m.message || 'signaling timed out');
+      this.unprompt(m.request_id);
     });
     conn.on('error', (m) => {
       const t = String(m.ref_type || '');
@@ -189,6 +190,16 @@ export class P2P {
     const r = this.requests[0];
     d.querySelector('.p2p-from').textContent = r.from_name || this.nameOf(r.from);
     d.showModal();
+  }
+
+  /** A request that ended before it was answered (it timed out): its prompt goes away. */
+  unprompt(rid) {
+    const showing = this.ui.dialog.open && this.requests[0]?.request_id === rid;
+    this.requests = this.requests.filter((r) => r.request_id !== rid);
+    if (showing) {
+      this.ui.dialog.close();
+      this.prompt();
+    }
   }
 
   answer(yes) {
