@@ -24,6 +24,11 @@ const AUTO_CONNECT_MS = 10000;
 /** How long a receiver whose channel died waits for the sender's relay offer. */
 const RECEIVE_GRACE_MS = 30000;
 const CHOICE_KEY = 'lanvan.transferMode';
+/** Files one peer may be sending this page at once, and connection requests waiting. */
+const MAX_RECEIVES = 16;
+const MAX_REQUESTS = 16;
+/** The largest chunk a peer may announce (the box's relay chunk is 256 KiB by default). */
+const MAX_CHUNK = 4 << 20;
 
 const STATUS = {
   off: '', server: 'Server', connecting: 'P2P connecting…', connected: 'P2P connected',
@@ -178,6 +183,10 @@ export class P2P {
     // p2p-first: every P2P-enabled device is let in without asking.
     if (this.box.mode === 'p2p-first' && this.choice === 'p2p') {
       this.conn.send({ type: 'p2p_accept', from: m.from, to: this.me });
+      return;
+    }
+    if (this.requests.length >= MAX_REQUESTS) {
+      this.conn.send({ type: 'p2p_decline', from: m.from, to: this.me });
       return;
     }
     this.requests.push(m);
@@ -501,6 +510,11 @@ class Link {
       return;
     }
     if (m.t === 'file') {
+      const bad = badOffer(m);
+      if (bad || this.receives.size >= MAX_RECEIVES || this.receives.has(m.id)) {
+        this.say({ t: 'decline', id: m.id, reason: bad || 'too many files at once' });
+        return;
+      }
       const rx = new DirectReceive(this, m);
       this.receives.set(m.id, rx);
       rx.offer();
@@ -543,6 +557,17 @@ class Link {
     if (pc) { pc.onconnectionstatechange = null; pc.close(); }
     this.p2p.render();
   }
+}
+
+/** Why a peer's `file` message cannot be taken, or null if it is sound. */
+function badOffer(m) {
+  const int = (v) => Number.isSafeInteger(v) && v >= 0;
+  if (!int(m.id) || m.id > 0xffffffff) return 'bad id';
+  if (typeof m.name !== 'string' || !m.name || m.name.length > 255) return 'bad name';
+  if (!int(m.size)) return 'bad size';
+  if (!int(m.chunk_size) || m.chunk_size === 0 || m.chunk_size > MAX_CHUNK) return 'bad chunk size';
+  if (m.chunks !== Math.ceil(m.size / m.chunk_size)) return 'bad chunk count';
+  return null;
 }
 
 /** An RTCSessionDescription as a plain object, and back from what a peer sent. */
@@ -674,7 +699,8 @@ export class DirectSend {
           frame.set(part, HEADER);
           dc.send(frame);
         }
-        this.next = index + 1;
+        // A `nack` that came meanwhile moved `next` back; it stands.
+        if (this.next === index) this.next = index + 1;
       }
       if (this.state === 'moving' && this.next === this.chunks && !this.sha256 && this.hashed === this.chunks) {
         this.sha256 = this.hasher.hex();
@@ -911,6 +937,7 @@ class DirectReceive {
     const mine = new Sha256().update(cur.buf).digest();
     if (toHex(mine) !== toHex(cur.digest)) {
       // Damaged on the way: ask again from here, and drop what follows until it comes.
+      record({ event: 'chunk_damaged', id: this.id, index: cur.index });
       this.expect = this.next;
       this.link.say({ t: 'nack', id: this.id, from: this.next });
       return;

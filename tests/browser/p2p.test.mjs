@@ -196,7 +196,8 @@ test('P2P: the direct path cut mid-transfer, the box continues from the confirme
   const through = (await boxBytesIn()) - before;
   const moved = (await p2pLog(a.page)).find((e) => e.event === 'fallback');
   assert.ok(moved, 'the sender logged the fallback');
-  assert.equal(moved.reason, 'stalled');
+  // Seen either as 3 s without an acknowledgement, or as ICE reporting the path gone.
+  assert.ok(['stalled', 'failed'].includes(moved.reason), moved.reason);
   assert.ok(moved.start_chunk > 0, `resumed, not restarted: start_chunk ${moved.start_chunk}`);
   assert.ok(through < file.size, `only the rest went through the box: ${through} of ${file.size}`);
   assert.ok(moved.switch_ms <= 1000, `switch took ${moved.switch_ms} ms after detection`);
@@ -228,6 +229,35 @@ test('P2P: a peer connection closed mid-transfer moves the send to the box at on
   assert.ok(got.held >= moved.start_chunk, JSON.stringify(got));
   await b.page.locator('#transfers li[data-state="done"] .via', { hasText: 'P2P failed, using server' })
     .waitFor({ timeout: 10000 });
+  await a.context.close();
+  await b.context.close();
+});
+
+test('P2P: a chunk damaged on the way is sent again, and the file arrives intact', { timeout: 120000 }, async () => {
+  const pair = await twoP2PDevices();
+  const { a, b, idB } = pair;
+  await connect(pair);
+  // Flip one byte of the 20th piece B receives, before the app sees it.
+  await b.page.evaluate(() => {
+    const link = [...window.lanvan.p2p.links.values()][0];
+    const take = link.message.bind(link);
+    let pieces = 0;
+    link.message = (data) => {
+      if (typeof data !== 'string' && ++pieces === 20) {
+        const copy = data.slice(0);
+        new Uint8Array(copy)[1000] ^= 0xff;
+        return take(copy);
+      }
+      return take(data);
+    };
+  });
+  const file = makeFile(files, 'damaged.bin', 5 * MiB, 4444);
+  await pickFor(a.page, idB, file.path);
+  assert.equal(await acceptAndHash(b), file.sha256);
+  const damaged = (await p2pLog(b.page)).filter((e) => e.event === 'chunk_damaged');
+  assert.equal(damaged.length, 1, JSON.stringify(damaged));
+  assert.equal(damaged[0].index, 4); // 20th piece of 64 KiB: chunk 4 of 256 KiB
+  await a.page.locator('#transfers li[data-state="done"][data-via="p2p"]').waitFor({ timeout: 10000 });
   await a.context.close();
   await b.context.close();
 });
