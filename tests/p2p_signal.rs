@@ -632,7 +632,32 @@ fn stun_answers_with_the_clients_own_address_and_survives_garbage() {
         mapped_address(&buf[..n], [3; 12]),
         other.local_addr().unwrap()
     );
-    assert_eq!(lv.get("/api/status").status, 200);
+
+    // A flood of requests and garbage from another socket does not stall the box: HTTP
+    // and WebSocket traffic are served while it lasts.
+    let flood = std::thread::spawn(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut n = 0u64;
+        while Instant::now() < until {
+            let _ = s.send_to(&binding_request([n as u8; 12]), stun);
+            let _ = s.send_to(b"junk junk junk junk junk", stun);
+            n += 1;
+        }
+        n
+    });
+    let (mut ws, _) = Peer::device(&lv, "during-flood");
+    for _ in 0..10 {
+        assert_eq!(lv.get("/api/status").status, 200);
+        ws.send(json!({"type": "ping"}));
+        ws.next("pong");
+    }
+    let sent = flood.join().unwrap();
+    assert!(sent > 1000, "the flood sent {sent} pairs");
+    assert_eq!(
+        ask(*b"lanvan-tid-3", &mut buf),
+        client.local_addr().unwrap()
+    );
 }
 
 #[test]
