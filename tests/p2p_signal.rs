@@ -527,7 +527,9 @@ fn binding_request(tid: [u8; 12]) -> Vec<u8> {
     p
 }
 
-/// The XOR-MAPPED-ADDRESS of a Binding success response for `tid`, decoded by hand.
+/// The XOR-MAPPED-ADDRESS of a Binding success response for `tid`, decoded by hand
+/// (RFC 5389 §15.2: the port and an IPv4 address are XORed with the magic cookie, an IPv6
+/// address with the cookie and the transaction id).
 fn mapped_address(reply: &[u8], tid: [u8; 12]) -> SocketAddr {
     assert_eq!(reply[..2], [0x01, 0x01], "binding success");
     assert_eq!(reply[8..20], tid, "transaction id echoed");
@@ -537,10 +539,23 @@ fn mapped_address(reply: &[u8], tid: [u8; 12]) -> SocketAddr {
         let len = u16::from_be_bytes([reply[at + 2], reply[at + 3]]) as usize;
         let v = &reply[at + 4..at + 4 + len];
         if ty == 0x0020 {
-            assert_eq!(v[1], 0x01, "IPv4 family");
             let port = u16::from_be_bytes([v[2], v[3]]) ^ 0x2112;
-            let ip = [v[4] ^ 0x21, v[5] ^ 0x12, v[6] ^ 0xA4, v[7] ^ 0x42];
-            return SocketAddr::new(ip.into(), port);
+            let key: Vec<u8> = [0x21, 0x12, 0xA4, 0x42]
+                .iter()
+                .chain(&tid)
+                .copied()
+                .collect();
+            return match v[1] {
+                0x01 => {
+                    let ip: [u8; 4] = std::array::from_fn(|i| v[4 + i] ^ key[i]);
+                    SocketAddr::new(ip.into(), port)
+                }
+                0x02 => {
+                    let ip: [u8; 16] = std::array::from_fn(|i| v[4 + i] ^ key[i]);
+                    SocketAddr::new(ip.into(), port)
+                }
+                f => panic!("address family {f}"),
+            };
         }
         at += 4 + len.div_ceil(4) * 4;
     }
@@ -617,5 +632,60 @@ fn stun_answers_with_the_clients_own_address_and_survives_garbage() {
         mapped_address(&buf[..n], [3; 12]),
         other.local_addr().unwrap()
     );
-    assert_eq!(lv.get("/api/status").status, 200);
+
+    // A flood of requests and garbage from another socket does not stall the box: HTTP
+    // and WebSocket traffic are served while it lasts.
+    let flood = std::thread::spawn(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut n = 0u64;
+        while Instant::now() < until {
+            let _ = s.send_to(&binding_request([n as u8; 12]), stun);
+            let _ = s.send_to(b"junk junk junk junk junk", stun);
+            n += 1;
+        }
+        n
+    });
+    let (mut ws, _) = Peer::device(&lv, "during-flood");
+    for _ in 0..10 {
+        assert_eq!(lv.get("/api/status").status, 200);
+        ws.send(json!({"type": "ping"}));
+        ws.next("pong");
+    }
+    let sent = flood.join().unwrap();
+    assert!(sent > 1000, "the flood sent {sent} pairs");
+    assert_eq!(
+        ask(*b"lanvan-tid-3", &mut buf),
+        client.local_addr().unwrap()
+    );
+}
+
+#[test]
+fn stun_on_an_ipv6_listen_address_answers_with_the_ipv6_address() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    }
+    let lv = Lanvan::start("p2p-stun6", &["listen=[::1]:0"]);
+    assert!(lv.addr.is_ipv6(), "{}", lv.addr);
+    let port = lv.get("/api/status").json()["p2p"]["stun_port"]
+        .as_u64()
+        .expect("a STUN port") as u16;
+    let client = UdpSocket::bind("[::1]:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let stun = SocketAddr::new(lv.addr.ip(), port);
+    let mut buf = [0u8; 1500];
+    let tid = *b"ipv6-binding";
+    let reply = (0..5)
+        .find_map(|_| {
+            client.send_to(&binding_request(tid), stun).unwrap();
+            client
+                .recv_from(&mut buf)
+                .ok()
+                .map(|(n, _)| buf[..n].to_vec())
+        })
+        .expect("an answer over IPv6");
+    assert_eq!(mapped_address(&reply, tid), client.local_addr().unwrap());
 }
