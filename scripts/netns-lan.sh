@@ -11,7 +11,7 @@ if [ "${LANVAN_IN_NETNS:-}" != 1 ]; then
         echo "netns-lan: cannot create a network namespace here (needs root or CAP_SYS_ADMIN)" >&2
         exit 77
     fi
-    LANVAN_IN_NETNS=1 exec unshare -n "$0" "$@"
+    LANVAN_IN_NETNS=1 exec unshare -n bash "$0" "$@"
 fi
 ip link set lo up
 ip link add v0 type veth peer name v1

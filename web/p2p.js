@@ -256,12 +256,13 @@ export class P2P {
    * The link to send a file to `to` over, or null to use the box. In p2p-first mode, asks
    * for a connection to a P2P-enabled device first and waits for it a little.
    */
-  async route(to) {
+  async route(to, onConnecting = () => {}) {
     if (this.box.mode === 'off' || this.choice !== 'p2p' || !this.enabled || hidden()) return null;
     let link = this.links.get(to);
     if (link?.usable()) return link;
     if (this.box.mode !== 'p2p-first' || !this.peers.has(to)) return null;
     link = this.connect(to);
+    onConnecting();
     const ok = await link.wait(AUTO_CONNECT_MS);
     return ok && link.usable() ? link : null;
   }

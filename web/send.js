@@ -211,7 +211,7 @@ export class Sends {
     const peer = this.nameOf(to);
     const row = new Row(this.list, 'out', file.name, file.size, peer);
     row.set('waiting', `Waiting for ${peer} to accept…`);
-    const link = this.p2p ? await this.p2p.route(to) : null;
+    const link = this.p2p ? await this.p2p.route(to, () => row.set('waiting', `Connecting directly to ${peer}…`)) : null;
     const callbacks = {
       onOffered: ({ mode }) => {
         if (mode === 'inbox') row.set('waiting', `${peer} is away: leaving it on the box…`);
