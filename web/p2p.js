@@ -352,8 +352,12 @@ export class P2P {
   }
 }
 
-/** Receives whose channel died, waiting for the sender's relay offer. */
+/** Receives whose channel died, waiting for the sender's relay offer (the newest 64). */
 const orphans = new Set();
+function orphan(rx) {
+  orphans.add(rx);
+  if (orphans.size > 64) orphans.delete(orphans.values().next().value);
+}
 
 /** One direct connection to another device: its RTCPeerConnection and data channel. */
 class Link {
@@ -977,7 +981,7 @@ class DirectReceive {
   channelLost() {
     if (this.state === 'offered') return this.withdrawPrompt();
     if (this.state !== 'moving') return;
-    orphans.add(this);
+    orphan(this);
     this.call('onVia', 'fallback', 'P2P failed, waiting for the box…');
     this.graceTimer = setTimeout(() => {
       if (this.state === 'moving') this.end('onError', { code: 'lost', message: 'the sender did not continue through the box' });
@@ -989,18 +993,16 @@ class DirectReceive {
     if (this.state !== 'moving') return;
     this.state = 'inbox';
     clearTimeout(this.graceTimer);
-    orphans.add(this);
+    orphan(this);
     this.writer?.abort?.('moved to the box');
     this.writer = null;
     record({ event: 'receiver_hidden', id: this.id, had: this.next, chunks: this.chunks });
     this.call('onVia', 'inbox', 'This page went to the background: the box keeps this file for you');
   }
 
-  /** Whether relay offer `o` continues this receive (by its ref, else by what it is). */
+  /** Whether relay offer `o` continues this receive: the sender's `ref` names it. */
   matches(o) {
-    if (o.from !== this.from) return false;
-    if (o.ref != null) return o.ref === `p2p:${this.id}`;
-    return o.name === this.name && o.size === this.size;
+    return o.from === this.from && o.ref === `p2p:${this.id}`;
   }
 
   /**
