@@ -1,4 +1,5 @@
-// Device-to-device sends through the box (relay.js) on the page: a "Send file" button on
+// Device-to-device sends on the page, through the box (relay.js) or straight to a device
+// connected over P2P (p2p.js picks the path): a "Send file" button on
 // every other device, a prompt for incoming files, and a row per transfer with progress,
 // speed and time left. A received file streams to disk where the browser allows it (the
 // File System Access API, on secure origins); elsewhere it collects in a Blob, which the

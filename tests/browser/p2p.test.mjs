@@ -67,11 +67,16 @@ async function twoP2PDevices() {
 }
 
 /** A asks B for a direct connection, B accepts in its prompt; resolves when both are connected. */
-async function connect({ a, b, idA, idB }) {
+async function connect({ a, b, idA, idB }, screenshot) {
   await a.page.click(`button[data-p2p-connect="${idB}"]`);
   const prompt = b.page.locator('#p2p-request[open]');
   await prompt.waitFor({ timeout: 10000 });
   assert.match(await prompt.textContent(), /wants to connect directly/);
+  if (screenshot) {
+    // What a phone sees: the request over the page at 360 px.
+    await b.page.setViewportSize({ width: 360, height: 780 });
+    await b.page.screenshot({ path: join(ARTIFACTS, screenshot) });
+  }
   await prompt.locator('[data-answer="accept"]').click();
   for (const page of [a.page, b.page]) {
     await page.locator('#p2p-status[data-state="connected"]').waitFor({ timeout: 20000 });
@@ -116,11 +121,11 @@ test('P2P: request, accept, and 50 MiB over the data channel, not through the bo
   // the address the box's STUN reports (server-reflexive) can connect them.
   cut('udp', 'dport', '5353');
   try {
-    await connect(pair);
+    await connect(pair, 'p2p-request-360.png');
   } finally {
     uncut();
   }
-  await b.page.screenshot({ path: join(ARTIFACTS, 'p2p-connected.png'), fullPage: true });
+  await b.page.screenshot({ path: join(ARTIFACTS, 'p2p-connected-360.png'), fullPage: true });
   await waitFor(async () => (await p2pLog(a.page)).find((e) => e.event === 'path'), 5000, 'the path');
   const path = (await p2pLog(a.page)).find((e) => e.event === 'path');
   assert.ok([path.local, path.remote].some((t) => t === 'srflx' || t === 'prflx'),
