@@ -187,6 +187,14 @@ test('P2P: the direct path cut mid-transfer, the box continues from the confirme
   await connect(pair);
   const file = makeFile(files, 'cut 50MiB.bin', 50 * MiB, 6060);
   const stun = '3478';
+  // Every text the sender's P2P indicator shows from here on.
+  await a.page.evaluate(() => {
+    const el = document.getElementById('p2p-status');
+    window.indicator = [el.textContent];
+    new MutationObserver(() => {
+      if (window.indicator.at(-1) !== el.textContent) window.indicator.push(el.textContent);
+    }).observe(el, { subtree: true, childList: true, characterData: true, attributes: true });
+  });
   await pickFor(a.page, idB, file.path);
   const hash = acceptAndHash(b);
   await waitProgress(b.page, 0.2);
@@ -209,6 +217,8 @@ test('P2P: the direct path cut mid-transfer, the box continues from the confirme
   await a.page.locator('#transfers li[data-state="done"][data-via="fallback"] .via', { hasText: 'P2P failed, using server' })
     .waitFor({ timeout: 10000 });
   await b.page.locator('#transfers li[data-state="done"][data-via="fallback"]').waitFor({ timeout: 10000 });
+  const shown = await a.page.evaluate(() => window.indicator);
+  assert.ok(shown.includes('P2P failed, using server'), JSON.stringify(shown));
   await a.page.screenshot({ path: join(ARTIFACTS, 'p2p-fallback.png'), fullPage: true });
   console.log(`# fallback: detection -> relay accepted ${moved.switch_ms} ms, -> first relay ack ${moved.flowing_ms} ms; `
     + `from chunk ${moved.start_chunk} of ${moved.chunks}; ${through} bytes through the box`);
