@@ -180,6 +180,12 @@ export class P2P {
   }
 
   requested(m) {
+    // Both asked each other at once: the device with the larger id takes the other's
+    // request, the other lets its copy time out, so one connection is made, not two.
+    if (this.links.get(m.from)?.state === 'requested') {
+      if (this.me > m.from) this.conn.send({ type: 'p2p_accept', from: m.from, to: this.me });
+      return;
+    }
     // p2p-first: every P2P-enabled device is let in without asking.
     if (this.box.mode === 'p2p-first' && this.choice === 'p2p') {
       this.conn.send({ type: 'p2p_accept', from: m.from, to: this.me });
