@@ -7,20 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lanvan-target}"
 
-if [ ! -x /usr/bin/chromium ]; then
-    apt-get update -qq && apt-get install -y -qq chromium
-fi
-if ! command -v npm >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq nodejs npm
-fi
-# node_modules is reinstalled whenever package-lock.json differs from the last install.
-if ! cmp -s package-lock.json node_modules/.lanvan-installed-lock 2>/dev/null; then
-    npm ci --no-audit --no-fund --loglevel=error
-    cp package-lock.json node_modules/.lanvan-installed-lock
-fi
+bash scripts/need-browser.sh
 
 cargo build --quiet --bin lanvan
 export LANVAN_BIN="$CARGO_TARGET_DIR/debug/lanvan"
 mkdir -p test-artifacts
-node --test --test-concurrency=1 tests/browser/
+# The P2P tests need a network namespace of their own: scripts/test-p2p.sh runs them.
+node --test --test-concurrency=1 $(ls tests/browser/*.test.mjs | grep -v '/p2p')
 echo "browser test artifacts (screenshots): $PWD/test-artifacts"

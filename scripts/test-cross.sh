@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The cross builds and their smoke test: builds the static ARM binaries with cross/build.sh,
 # then runs each under qemu-user in a private network namespace (only its own loopback):
-# the box starts, takes an upload in chunks, serves it back byte for byte (SHA-256), and
-# exits 0 on SIGTERM. Installs qemu-user-static, iproute2, curl when missing.
+# the box starts, takes an upload in chunks, serves it back byte for byte (SHA-256), answers
+# a STUN Binding request on UDP 3478 with the client's address, and exits 0 on SIGTERM.
+# Installs qemu-user-static, iproute2, curl when missing (python3 sends the STUN request).
 #   scripts/test-cross.sh                  # aarch64 and armv7
 #   scripts/test-cross.sh TARGET...        # some targets (x86_64-unknown-linux-musl runs natively)
 set -euo pipefail
@@ -60,6 +61,28 @@ if [ "${1:-}" = "--inside" ]; then
     [ "$got" = "$sha" ] || fail "downloaded SHA-256 $got, uploaded $sha"
     cmp -s "$work/in.bin" "$work/box/files/smoke test.bin" || fail "the stored file differs"
     curl -sS --fail-with-body "$url/api/status" | grep -q '"uptime' || fail "no /api/status"
+    # STUN on the default UDP port: a Binding request gets the client's own address back.
+    python3 - <<'EOF' || fail "no STUN answer on udp 3478"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+s.settimeout(2)
+tid = b"cross-smoke!"
+for _ in range(5):
+    s.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + tid, ("127.0.0.1", 3478))
+    try:
+        r, _ = s.recvfrom(1500)
+        break
+    except socket.timeout:
+        continue
+else:
+    raise SystemExit("no answer")
+assert r[:2] == b"\x01\x01" and r[8:20] == tid, r
+v = r[24:32]
+port = struct.unpack(">H", v[2:4])[0] ^ 0x2112
+ip = ".".join(str(b ^ m) for b, m in zip(v[4:8], b"\x21\x12\xa4\x42"))
+assert (ip, port) == s.getsockname(), (ip, port, s.getsockname())
+EOF
 
     kill -TERM "$box"
     rc=0
@@ -67,7 +90,7 @@ if [ "${1:-}" = "--inside" ]; then
     box=
     [ "$rc" = 0 ] || { cat "$work/log" >&2; fail "exit code $rc after SIGTERM"; }
     grep -q "stopped" "$work/log" || { cat "$work/log" >&2; fail "no 'stopped' line"; }
-    say "ok: upload and download of $size bytes (SHA-256 ${sha:0:16}…), exit 0 on SIGTERM"
+    say "ok: upload and download of $size bytes (SHA-256 ${sha:0:16}…), STUN, exit 0 on SIGTERM"
     exit 0
 fi
 

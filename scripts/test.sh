@@ -20,6 +20,8 @@ cargo test --all-targets
 
 # The browser app in headless Chromium (installs Chromium and npm packages when missing).
 bash scripts/test-browser.sh
+# P2P between two Chromium pages, inside a network namespace (veth, nftables).
+bash scripts/test-p2p.sh
 
 # The appliance: static cross builds under qemu, and the systemd unit, installer and sandbox.
 bash scripts/test-cross.sh

@@ -24,6 +24,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub mdns: MdnsConfig,
     pub termux: TermuxConfig,
+    pub p2p: P2pConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -147,6 +148,80 @@ impl RelayConfig {
     }
 }
 
+/// Whether browsers may send to each other directly (WebRTC), and what the box does for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum P2pMode {
+    /// No P2P: `enable_p2p` is refused and no STUN socket is opened.
+    #[serde(rename = "off")]
+    Off,
+    /// P2P when both users ask for it, falling back to the relay (the default).
+    #[serde(rename = "hybrid")]
+    Hybrid,
+    /// Browsers try P2P for every send between two P2P-enabled devices.
+    #[serde(rename = "p2p-first")]
+    P2pFirst,
+}
+
+impl P2pMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            P2pMode::Off => "off",
+            P2pMode::Hybrid => "hybrid",
+            P2pMode::P2pFirst => "p2p-first",
+        }
+    }
+}
+
+/// Direct browser-to-browser sends: signaling limits and the STUN responder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct P2pConfig {
+    /// `off`, `hybrid` or `p2p-first`.
+    pub mode: P2pMode,
+    /// UDP port of the STUN binding responder, on the HTTP listen address; 0 picks a free
+    /// port (tests). A port that is taken leaves the box running without STUN.
+    pub stun_port: u16,
+    /// Seconds a request may wait for an answer, and a session for signaling, before it
+    /// fails (`p2p_connection_failed`); each signal restarts the wait.
+    pub signal_timeout_secs: u64,
+    /// Requests and sessions one device takes part in at once.
+    pub max_sessions_per_device: usize,
+    /// Unanswered requests one device may have out at once.
+    pub max_pending_requests: usize,
+    /// `p2p_request`s one device may send per minute.
+    pub requests_per_minute: u32,
+    /// Largest SDP (offer or answer) forwarded, in bytes of JSON.
+    #[serde(with = "bytesize")]
+    pub max_sdp_bytes: u64,
+    /// Largest ICE candidate forwarded, in bytes of JSON.
+    #[serde(with = "bytesize")]
+    pub max_candidate_bytes: u64,
+    /// Families on `/signal` at once.
+    pub max_families: usize,
+    /// Devices in one family at once.
+    pub max_family_devices: usize,
+    /// STUN datagrams read per wake-up of the event loop before other work gets a turn.
+    pub stun_batch: usize,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            mode: P2pMode::Hybrid,
+            stun_port: 3478,
+            signal_timeout_secs: 60,
+            max_sessions_per_device: 8,
+            max_pending_requests: 4,
+            requests_per_minute: 30,
+            max_sdp_bytes: 32 * 1024,
+            max_candidate_bytes: 2048,
+            max_families: 64,
+            max_family_devices: 32,
+            stun_batch: 64,
+        }
+    }
+}
+
 /// Finding the box by name on the LAN (multicast DNS, DNS-SD).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -222,6 +297,7 @@ impl Default for Config {
             relay: RelayConfig::default(),
             mdns: MdnsConfig::default(),
             termux: TermuxConfig::default(),
+            p2p: P2pConfig::default(),
         }
     }
 }
@@ -368,6 +444,12 @@ impl Config {
         if r.slots() == 0 || r.slots() > u16::MAX as usize || r.max_transfers == 0 {
             return Err(ConfigError(
                 "relay.memory must hold 1 to 65535 chunks of relay.chunk_size, and relay.max_transfers must be at least 1".into(),
+            ));
+        }
+        let p = &self.p2p;
+        if p.signal_timeout_secs == 0 || p.max_sessions_per_device == 0 || p.stun_batch == 0 {
+            return Err(ConfigError(
+                "p2p.signal_timeout_secs, p2p.max_sessions_per_device and p2p.stun_batch must be at least 1".into(),
             ));
         }
         Ok(())
@@ -536,6 +618,21 @@ mod tests {
             Config::load(Vec::new(), None, &ok).unwrap().relay.slots(),
             4
         );
+    }
+
+    #[test]
+    fn p2p_mode_parses_from_every_source() {
+        let c = Config::load(Vec::new(), None, &[]).unwrap();
+        assert_eq!(c.p2p.mode, P2pMode::Hybrid);
+        assert_eq!(c.p2p.stun_port, 3478);
+        let e = env(&[("LANVAN_P2P_MODE", "off")]);
+        assert_eq!(Config::load(e, None, &[]).unwrap().p2p.mode, P2pMode::Off);
+        let flags = vec![("p2p.mode".to_string(), "p2p-first".to_string())];
+        let c = Config::load(Vec::new(), None, &flags).unwrap();
+        assert_eq!(c.p2p.mode, P2pMode::P2pFirst);
+        assert!(c.to_toml().contains("mode = \"p2p-first\""));
+        let bad = vec![("p2p.mode".to_string(), "always".to_string())];
+        assert!(Config::load(Vec::new(), None, &bad).is_err());
     }
 
     #[test]

@@ -47,6 +47,8 @@ fn config_prints_the_chosen_boards_budgets() {
     assert_eq!(int(&c, "store", "max_chunks_in_flight"), 4);
     assert_eq!(int(&c, "http", "max_connections"), 64);
     assert_eq!(c["data_dir"].as_str(), Some("/var/lib/lanvan"));
+    assert_eq!(int(&c, "p2p", "max_sessions_per_device"), 4);
+    assert_eq!(c["p2p"]["mode"].as_str(), Some("hybrid"));
 
     let pi5 = config_of(&lanvan(&["config", "--board", "pi5"]).output().unwrap());
     assert_eq!(int(&pi5, "relay", "memory"), 32 << 20);

@@ -518,6 +518,74 @@ fn a_send_can_start_mid_file() {
 }
 
 #[test]
+fn a_p2p_fallback_send_carries_its_ref_to_the_receiver() {
+    // A P2P transfer broke after 3 chunks; the sender continues it through the relay, and
+    // the receiver's page matches the offer to the transfer it has half of by its `ref`.
+    let lv = Lanvan::start("relay-ref", &[]);
+    let data = pseudo_random(62, 2 * MIB + 5);
+    let start = 3u32;
+    let mut b = Client::connect(lv.addr, "b");
+    b.have_prefix = data[..start as usize * 256 * KIB].to_vec();
+    let b = run(b, 30);
+    let mut a = Client::connect(lv.addr, "a");
+    let mut o = Outgoing::new("b", "p2p.bin", Data::Bytes(data.clone()));
+    o.start_chunk = start;
+    o.client_ref = Some("p2p-xfer-7".into());
+    a.offer(o);
+    assert!(a.run_until(30, Client::all_ended));
+    assert_eq!(a.out[0].events[0]["type"], "relay_offered");
+    assert_eq!(a.out[0].events[0]["ref"], "p2p-xfer-7");
+    assert_eq!(a.out[0].result_type(), Some("relay_complete"));
+    let b = b.join().unwrap();
+    let offer = &b.inc.values().next().unwrap().offer;
+    assert_eq!(offer["ref"], "p2p-xfer-7", "{offer}");
+    assert_eq!(offer["start_chunk"], start);
+    assert_received(&b, a.out[0].id.unwrap(), &data);
+}
+
+#[test]
+fn a_store_send_goes_to_the_inbox_of_a_connected_device_and_is_offered_when_stored() {
+    let lv = Lanvan::start("relay-store", &[]);
+    let mut b = Client::connect(lv.addr, "b");
+    let mut a = Client::connect(lv.addr, "a");
+    let data = pseudo_random(63, 2 * MIB + 17);
+    let mut o = Outgoing::new("b", "hidden.bin", Data::Bytes(data.clone()));
+    o.store = true;
+    o.client_ref = Some("p2p-xfer-8".into());
+    // A fallback that starts mid-file: the inbox keeps whole files, so it starts at 0.
+    o.start_chunk = 2;
+    a.offer(o);
+    // The sender's bytes go to the box's disk although b is online (its page is hidden).
+    assert!(a.run_until(30, Client::all_ended));
+    assert_eq!(a.out[0].events[0]["mode"], "inbox");
+    assert_eq!(a.out[0].events[0]["start_chunk"], 0);
+    assert_eq!(a.out[0].result_type(), Some("relay_stored"));
+    // Stored while b is connected: b is offered it at once, with the ref, and takes it.
+    assert!(b.run_until(30, |c| !c.inc.is_empty() && c.all_ended()));
+    assert_eq!(
+        b.inc.len(),
+        1,
+        "one offer only: the stored one, no live one"
+    );
+    let (&id, inc) = b.inc.iter().next().unwrap();
+    assert_eq!(inc.offer["stored"], true);
+    assert_eq!(inc.offer["ref"], "p2p-xfer-8");
+    assert_eq!(inc.offer["from"], "a");
+    assert_received(&b, id, &data);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.seen.iter().any(|v| v["type"] == "relay_delivered") {
+        a.step(Duration::from_millis(50));
+        assert!(Instant::now() < deadline, "no relay_delivered");
+    }
+    // A bad `store` is an error, not a guess.
+    send_json(
+        &mut a.ws,
+        json!({"type": "relay_offer", "to": "b", "name": "f", "size": 1, "store": "yes"}),
+    );
+    expect_error(&mut a.ws, "missing_field");
+}
+
+#[test]
 fn auto_accept_from_marked_devices() {
     let lv = Lanvan::start("relay-auto", &[]);
     let mut b = Client::connect(lv.addr, "b");

@@ -847,12 +847,12 @@ fn p2p_opt_in_and_out() {
         json!([{"id": "devB", "name": "Bob"}])
     );
 
-    // Signaling arrives later: the box says so rather than calling the message unknown.
+    // A device that has not opted in cannot ask (tests/p2p_signal.rs has the whole flow).
     send_json(
         &mut a,
         &json!({"type": "p2p_request", "from": "devA", "to": "devB"}),
     );
-    assert_eq!(recv_error(&mut a)["code"], "not_implemented");
+    assert_eq!(recv_error(&mut a)["code"], "p2p_not_enabled");
 }
 
 #[test]

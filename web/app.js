@@ -8,6 +8,7 @@ import { FileList } from './files.js';
 import { Clipboard } from './clipboard.js';
 import { DeviceList } from './devices.js';
 import { Sends } from './send.js';
+import { P2P } from './p2p.js';
 import { describeError, toast } from './ui.js';
 
 const $ = (id) => document.getElementById(id);
@@ -20,13 +21,17 @@ const devices = new DeviceList(conn, $('devices'), $('dev-count'));
 const sends = new Sends(conn, devices, {
   list: $('transfers'), dialog: $('offer'), picker: $('send-pick'),
 });
+const p2p = new P2P(conn, sends, {
+  card: $('p2p-card'), mode: $('p2p-mode'), status: $('p2p-status'), statusText: $('p2p-status-text'),
+  list: $('p2p-devices'), empty: $('p2p-empty'), dialog: $('p2p-request'),
+});
 new Clipboard(conn, {
   form: $('clip-form'), text: $('clip-text'), send: $('clip-send'), current: $('clip-current'),
   historyBox: $('clip-history-box'), history: $('clip-history'), historyCount: $('clip-history-count'),
 });
 
 // For modules added later (relay.js) and for tests.
-window.lanvan = { me, conn, uploader, files, sends };
+window.lanvan = { me, conn, uploader, files, sends, p2p };
 
 // Connection indicator.
 const STATES = { open: 'Connected', connecting: 'Connecting…' };
@@ -53,8 +58,9 @@ conn.on('welcome', (m) => {
 conn.on('file_added', (m) => files.added(m.file));
 conn.on('file_deleted', (m) => files.deleted(m.name));
 conn.on('error', (m) => {
-  // Relay errors reach the transfer they belong to (send.js).
-  if (m.code !== 'not_implemented' && !String(m.ref_type || '').startsWith('relay_')) {
+  // Relay errors reach the transfer they belong to (send.js), P2P errors p2p.js.
+  const ref = String(m.ref_type || '');
+  if (m.code !== 'not_implemented' && !/^(relay_|p2p_|webrtc_|enable_p2p)/.test(ref)) {
     toast(describeError(m.code, m.message));
   }
 });

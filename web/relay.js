@@ -28,13 +28,18 @@
 //       Sends a File/Blob. It is read one chunk at a time with `file.slice()`, never whole.
 //       options: { inbox: bool (leave it on the box if the device is away or does not
 //       answer), acceptTimeoutMs: number, startChunk: number (the receiver already has the
-//       chunks before it, e.g. from P2P), sha256: hex (if already known) }.
+//       chunks before it, e.g. from P2P), sha256: hex (if already known), ref: string
+//       (<= 64 bytes, echoed to both sides: "p2p:<id>" continues a P2P transfer),
+//       store: bool (leave it in the receiver's inbox even if it is connected),
+//       hasher: a Sha256 already fed with the file's chunks 0..hashedChunks-1 (a P2P
+//       send hands over its running hash, so nothing is read twice), hashedChunks }.
 //       callbacks (all optional):
 //         onOffered({id, mode})        mode "live", or "inbox" (the device is away)
 //         onAccepted()                  the receiver accepted; chunks flow
 //         onToInbox()                   no answer in time: it goes to the device's inbox
 //         onDeclined({reason})
 //         onProgress(p)                 p = {bytes, total, speed (bytes/s), eta (s or null)}
+//         onAcked(acked)                every confirmation, unthrottled (chunks 0..acked-1)
 //         onPaused({reason})            the other side's socket dropped; waiting for it
 //         onResumed({fromChunk})
 //         onStored({inboxId, expiresAt})  "waiting on the box" (final for this send)
@@ -59,7 +64,12 @@
 //       writer.close()), onCancelled, onError (after writer.abort()).
 //       With startChunk > 0 the receiver must already hold the bytes before
 //       startChunk * chunkSize; pass them as `accept(writer, callbacks, prefixBytes)` so
-//       they count in the SHA-256 (they are not written again).
+//       they count in the SHA-256 (they are not written again). A P2P receive that
+//       already wrote chunks passes `{after, resume}` instead: `after` is a promise of
+//       its last write, then `resume()` returns `{hasher, held}`: its running Sha256 of
+//       chunks 0..held-1 (held >= startChunk). The relay acks chunks below `held` without
+//       writing or hashing them again. Accept at once either way: chunks wait in order.
+//       offer.ref is the sender's `ref` (e.g. "p2p:<id>"), if it gave one.
 //   The returned incoming has .cancel(reason).
 //   offer.onWithdrawn = ({by, reason, code}) => ...   set it to hear that an offer nobody
 //       has answered yet was cancelled by the sender or failed (e.g. the sender left), so
@@ -111,6 +121,8 @@ export class Relay {
     if (options.inbox) msg.inbox = true;
     if (options.acceptTimeoutMs != null) msg.accept_timeout_ms = options.acceptTimeoutMs;
     if (options.startChunk) msg.start_chunk = options.startChunk;
+    if (options.ref) msg.ref = options.ref;
+    if (options.store) msg.store = true;
     this.pending.push(o);
     this._json(msg);
     return o;
@@ -164,6 +176,7 @@ export class Relay {
       stored: !!msg.stored,
       storedAt: msg.stored_at,
       startChunk: msg.start_chunk,
+      ref: msg.ref,
       autoAccepted: !!msg.auto_accepted,
       accept: (writer, callbacks, prefix) => inc._accept(writer, callbacks, prefix),
       decline: (reason) => inc._decline(reason),
@@ -182,7 +195,8 @@ export class Relay {
 }
 
 /// Progress with speed (moving average) and ETA, reported at most every 250 ms.
-class Meter {
+/// Also used by P2P transfers (p2p.js), so both paths report alike.
+export class Meter {
   constructor(total, cb) {
     this.total = total;
     this.cb = cb;
@@ -219,8 +233,8 @@ class Outgoing {
     this.acked = 0;
     this.flowing = false; // accepted and not paused
     this.pumping = false;
-    this.hasher = new Sha256();
-    this.hashed = 0;
+    this.hasher = options.hasher || new Sha256();
+    this.hashed = options.hasher ? options.hashedChunks : 0;
     this.ended = false;
     this.done = false;
     this.ready = Promise.resolve();
@@ -277,6 +291,7 @@ class Outgoing {
         this.acked = msg.acked;
         this.windowEnd = msg.window_end;
         this.meter.update(Math.min(this.file.size, this.acked * this.chunkSize));
+        if (this.callbacks.onAcked) this._cb("onAcked", this.acked);
         break;
       case "relay_paused": this.flowing = false; this._cb("onPaused", { reason: msg.reason }); break;
       case "relay_resume":
@@ -338,6 +353,7 @@ class Incoming {
     this.offer = offer;
     this.id = offer.id;
     this.next = offer.start_chunk || 0;
+    this.held = 0; // chunks the page already wrote (a P2P receive it continues)
     this.chunks = offer.chunks;
     this.queue = Promise.resolve();
     this.hasher = new Sha256();
@@ -367,11 +383,22 @@ class Incoming {
   _accept(writer, callbacks = {}, prefix) {
     this.writer = writer;
     this.callbacks = callbacks;
-    if (this.next > 0 && prefix) this.hasher.update(prefix);
-    this.received = this.next * this.offer.chunk_size;
-    this.meter = new Meter(this.offer.size, (p) => this._cb("onProgress", p));
+    const size = this.offer.size;
+    this.meter = new Meter(size, (p) => this._cb("onProgress", p));
+    this.received = Math.min(size, this.next * this.offer.chunk_size);
+    if (prefix && prefix.resume) {
+      // Chunks from the box queue behind the P2P receive's last write.
+      this.queue = Promise.resolve(prefix.after).catch(() => {}).then(() => {
+        const { hasher, held } = prefix.resume();
+        this.hasher = hasher;
+        this.held = held;
+        this.received = Math.min(size, Math.max(this.next, held) * this.offer.chunk_size);
+      });
+    } else if (this.next > 0 && prefix) {
+      this.hasher.update(prefix);
+    }
     if (!this.offer.auto_accepted) this.relay._json({ type: "relay_accept", id: this.id });
-    if (this.next === this.chunks) this._done();
+    this.queue = this.queue.then(() => { if (this.next === this.chunks) this._done(); });
     return this;
   }
 
@@ -386,10 +413,12 @@ class Incoming {
     // Writes are chained so chunks reach the writer in order, one at a time.
     this.queue = this.queue.then(async () => {
       if (this.done || !this.writer || index !== this.next) return; // a duplicate after a resume
-      this.hasher.update(bytes);
-      await this.writer.write(bytes);
       this.next++;
-      this.received += bytes.length;
+      if (index >= this.held) {
+        this.hasher.update(bytes);
+        await this.writer.write(bytes);
+        this.received += bytes.length;
+      }
       this.meter.update(this.received);
       this.relay._json({ type: "relay_ack", id: this.id, acked: this.next });
       if (this.next === this.chunks) this._done();

@@ -1,4 +1,5 @@
-// Device-to-device sends through the box (relay.js) on the page: a "Send file" button on
+// Device-to-device sends on the page, through the box (relay.js) or straight to a device
+// connected over P2P (p2p.js picks the path): a "Send file" button on
 // every other device, a prompt for incoming files, and a row per transfer with progress,
 // speed and time left. A received file streams to disk where the browser allows it (the
 // File System Access API, on secure origins); elsewhere it collects in a Blob, which the
@@ -40,7 +41,7 @@ function loadAuto() {
  * Where a received file goes. Resolves to a relay.js writer, or null if the user closed the
  * save dialog. Call it straight from a click: the save dialog needs the user's gesture.
  */
-async function saveTarget(name, mayAsk = true) {
+export async function saveTarget(name, mayAsk = true) {
   if (mayAsk && typeof window.showSaveFilePicker === 'function') {
     try {
       const handle = await window.showSaveFilePicker({ suggestedName: name });
@@ -101,11 +102,24 @@ class Row {
         this.button),
       el('span', { class: 'peer' }, arrow),
       this.bar, this.status);
+    this.viaTag = null;
     list.prepend(this.li);
     list.closest('section').hidden = false;
   }
 
   onCancel(fn) { this.button.onclick = fn; }
+
+  /** Which path the bytes take: "p2p", "fallback" (P2P failed, the box took over), "inbox". */
+  via(kind, text) {
+    if (!this.viaTag) {
+      this.viaTag = el('span', { class: 'via', role: 'status' });
+      this.li.querySelector('.peer').after(this.viaTag);
+    }
+    this.li.dataset.via = kind;
+    this.viaTag.dataset.via = kind;
+    this.viaTag.textContent = text;
+    if (kind === 'inbox' && this.dir === 'in') this.set('waiting', 'Waiting for the box…');
+  }
 
   set(state, text) {
     this.li.dataset.state = state;
@@ -142,6 +156,8 @@ export class Sends {
     this.prompted = new Set(); // offer ids already asked about
     this.byInbox = new Map(); // inbox id -> Row, for "delivered" notices
     this.target = null;
+    this.p2p = null; // p2p.js sets itself here when the box offers P2P
+    this.saveTarget = saveTarget;
 
     conn.on('socket', (ws) => {
       const handlers = { onOffer: (o) => this.offered(o), onNotice: (m) => this.notice(m) };
@@ -183,8 +199,12 @@ export class Sends {
     this.relay?.setAutoAccept([...this.auto]);
   }
 
-  /** Sends `file` to device `to`; if it is away or does not answer, it waits on the box. */
-  send(file, to) {
+  /**
+   * Sends `file` to device `to`: straight over a P2P link when the transfer mode and the
+   * link allow it (p2p.js), else through the box; if the device is away or does not
+   * answer, it waits on the box.
+   */
+  async send(file, to) {
     if (!this.relay || this.conn.state !== 'open') {
       toast('Not connected to the box. Try again when the dot is green.');
       return;
@@ -192,7 +212,8 @@ export class Sends {
     const peer = this.nameOf(to);
     const row = new Row(this.list, 'out', file.name, file.size, peer);
     row.set('waiting', `Waiting for ${peer} to accept…`);
-    const t = this.relay.send(file, to, {
+    const link = this.p2p ? await this.p2p.route(to, () => row.set('waiting', `Connecting directly to ${peer}…`)) : null;
+    const callbacks = {
       onOffered: ({ mode }) => {
         if (mode === 'inbox') row.set('waiting', `${peer} is away: leaving it on the box…`);
       },
@@ -210,7 +231,15 @@ export class Sends {
       onCancelled: ({ by }) => row.set('error', by === this.conn.me.id ? 'Cancelled.' : `${peer} cancelled.`),
       onError: (e) => row.set('error', words(e)),
       onWarning: (e) => console.warn('relay:', e),
-    }, { inbox: true, acceptTimeoutMs: ACCEPT_TIMEOUT_MS });
+      onVia: (kind, text) => row.via(kind, text),
+      onSwitched: (s) => {
+        row.li.dataset.switchMs = String(s.switch_ms);
+        row.li.dataset.startChunk = String(s.start_chunk);
+      },
+    };
+    const t = link ? this.p2p.sendDirect(link, file, callbacks)
+      : this.relay.send(file, to, callbacks, { inbox: true, acceptTimeoutMs: ACCEPT_TIMEOUT_MS });
+    if (!link && this.p2p?.box.mode !== 'off' && this.p2p) row.via('server', 'Server');
     row.onCancel(() => t.cancel('cancelled'));
   }
 
@@ -229,17 +258,19 @@ export class Sends {
   }
 
   offered(offer) {
+    // A box offer that continues a P2P receive is taken over by that receive.
+    if (!offer.direct && this.p2p?.claim(offer)) return;
     if (offer.autoAccepted) {
       this.accept(offer, null);
       return;
     }
     if (this.prompted.has(offer.id)) return;
     this.prompted.add(offer.id);
-    offer.onWithdrawn = () => {
+    offer.onWithdrawn = (info) => {
       const showing = this.dialog.open && this.offers[0] === offer;
       this.offers = this.offers.filter((o) => o !== offer);
       if (showing) this.dialog.close();
-      toast(`${offer.fromName || this.nameOf(offer.from)} cancelled “${offer.name}”.`, 'info');
+      if (info?.reason !== 'moved') toast(`${offer.fromName || this.nameOf(offer.from)} cancelled “${offer.name}”.`, 'info');
       this.prompt();
     };
     this.offers.push(offer);
@@ -253,7 +284,8 @@ export class Sends {
     const from = o.fromName || this.nameOf(o.from);
     this.dialog.querySelector('.offer-text').textContent = o.stored
       ? `${from} left a file for you on the box:`
-      : `${from} wants to send you a file:`;
+      : o.direct ? `${from} wants to send you a file directly (P2P):`
+        : `${from} wants to send you a file:`;
     this.dialog.querySelector('.offer-name').textContent = o.name;
     this.dialog.querySelector('.offer-size').textContent = formatBytes(o.size);
     this.dialog.showModal();
@@ -288,6 +320,7 @@ export class Sends {
       onComplete: () => row.set('done', `Received · ${formatBytes(offer.size)} · ${saved}`),
       onCancelled: ({ by }) => row.set('error', by === this.conn.me.id ? 'Cancelled.' : `${from} cancelled.`),
       onError: (e) => row.set('error', words(e)),
+      onVia: (kind, text) => row.via(kind, text),
     });
     row.onCancel(() => t.cancel('cancelled'));
   }

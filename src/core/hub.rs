@@ -2,8 +2,15 @@
 //! A sans-IO state machine: the shell passes `now` and frames in, and gets [`Output`]s back.
 //! It never touches a socket, a file or the clock, and every map and queue it owns is
 //! bounded by [`HubLimits`] (devices, clipboard history, name length, error counters).
+//! P2P requests and signaling live in `hub/p2p.rs`, family signaling (`/signal`) in
+//! `hub/family.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod family;
+mod p2p;
+
+pub use p2p::P2pLimits;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -32,20 +39,6 @@ const ERROR_WINDOW: Duration = Duration::from_secs(10);
 /// Room a text frame may take beyond its JSON-escaped clipboard text (type, field names).
 const FRAME_ENVELOPE_BYTES: usize = 4096;
 
-/// Message types of the seed protocol that a later issue implements. Until then the hub
-/// answers them with `not_implemented` rather than `unknown_type`: the client is right,
-/// the box is behind.
-const P2P_LATER: &[&str] = &[
-    "p2p_request",
-    "p2p_accept",
-    "p2p_decline",
-    "webrtc_offer",
-    "webrtc_answer",
-    "ice_candidate",
-    "webrtc_signal",
-    "p2p_connection_established",
-];
-
 /// The hub's memory and abuse budget.
 #[derive(Clone, Debug)]
 pub struct HubLimits {
@@ -63,6 +56,8 @@ pub struct HubLimits {
     pub messages_per_sec: u32,
     /// Error replies within 10 s after which the connection is closed. 0 disables closing.
     pub max_errors: u32,
+    /// P2P mode, signaling limits and what `welcome` tells about P2P.
+    pub p2p: P2pLimits,
 }
 
 impl Default for HubLimits {
@@ -75,6 +70,7 @@ impl Default for HubLimits {
             max_name_len: 64,
             messages_per_sec: 50,
             max_errors: 20,
+            p2p: P2pLimits::default(),
         }
     }
 }
@@ -261,28 +257,6 @@ impl Clipboard {
     }
 }
 
-/// P2P opt-in. The later P2P issue adds request and signaling sessions here; each new
-/// message becomes one more arm in `Hub::dispatch` calling into this struct.
-#[derive(Debug, Default)]
-struct P2p {
-    /// Ids of devices that sent `enable_p2p`: a subset of `Hub::devices`, so bounded too.
-    enabled: BTreeSet<String>,
-    /// Why the box refuses P2P right now (a phone's low battery), if it does.
-    refusal: Option<String>,
-}
-
-impl P2p {
-    fn is_enabled(&self, device_id: &str) -> bool {
-        self.enabled.contains(device_id)
-    }
-
-    /// The device's socket went away (closed or replaced): it leaves the P2P list.
-    /// Returns whether it was on it, i.e. whether the others need a new list.
-    fn device_gone(&mut self, device_id: &str) -> bool {
-        self.enabled.remove(device_id)
-    }
-}
-
 /// An error reply: `code` is machine-readable, `message` tells a human what to fix.
 #[derive(Debug)]
 struct Reject {
@@ -324,7 +298,9 @@ pub struct Hub {
     /// broadcasts go out in a deterministic order.
     conns: BTreeMap<ConnId, Conn>,
     clipboard: Clipboard,
-    p2p: P2p,
+    p2p: p2p::P2p,
+    /// Sockets on `/signal` and their families.
+    families: family::Families,
 }
 
 // Lifecycle: connections come and go.
@@ -335,7 +311,8 @@ impl Hub {
             devices: BTreeMap::new(),
             conns: BTreeMap::new(),
             clipboard: Clipboard::default(),
-            p2p: P2p::default(),
+            p2p: p2p::P2p::default(),
+            families: family::Families::default(),
         }
     }
 
@@ -391,7 +368,7 @@ impl Hub {
                 if let Some(kind) = kind {
                     device.kind = kind_or_default(kind);
                 }
-                p2p_changed = self.p2p.device_gone(device_id);
+                p2p_changed = self.p2p_device_gone(device_id, p2p::Ending::PeerLeft, out);
             }
             None => {
                 let device = Device {
@@ -429,7 +406,7 @@ impl Hub {
     /// The socket closed (or the shell dropped it): tell the others with `device_left` and,
     /// if the device was P2P-enabled, a new `p2p_devices_update`. Unknown conn: no-op.
     pub fn disconnect(&mut self, _now: Now, conn: ConnId, out: &mut Vec<Output>) {
-        if let Some(departed) = self.detach(conn) {
+        if let Some(departed) = self.detach(conn, out) {
             self.announce_departures(&[departed], out);
         }
     }
@@ -441,17 +418,27 @@ impl Hub {
         }
     }
 
-    /// Earliest instant at which [`Hub::handle_timeout`] has work (a heartbeat deadline).
+    /// Earliest instant at which [`Hub::handle_timeout`] has work: a heartbeat deadline
+    /// (of `/ws` or `/signal` sockets) or a P2P request's or session's deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns
-            .values()
-            .map(|c| c.last_heard + self.limits.heartbeat_timeout)
-            .min()
+        let timeout = self.limits.heartbeat_timeout;
+        let heartbeats = self.conns.values().map(|c| c.last_heard + timeout).min();
+        [
+            heartbeats,
+            self.p2p.next_deadline(),
+            self.families.next_deadline(timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Closes (1001 "heartbeat timeout") every conn not heard from within
-    /// `heartbeat_timeout` and tells the others, as [`Hub::disconnect`] does.
+    /// `heartbeat_timeout` and tells the others, as [`Hub::disconnect`] does; fails P2P
+    /// requests and sessions past their deadline (`p2p_connection_failed`).
     pub fn handle_timeout(&mut self, now: Now, out: &mut Vec<Output>) {
+        self.expire_sessions(now, out);
+        self.expire_signal_sockets(now, out);
         let timeout = self.limits.heartbeat_timeout;
         let silent: Vec<ConnId> = self
             .conns
@@ -468,20 +455,21 @@ impl Hub {
                 code: 1001,
                 reason: "heartbeat timeout",
             });
-            departed.extend(self.detach(conn));
+            departed.extend(self.detach(conn, out));
         }
         self.announce_departures(&departed, out);
     }
 
-    /// Forgets `conn` and its device without telling anyone.
-    fn detach(&mut self, conn: ConnId) -> Option<Departed> {
+    /// Forgets `conn` and its device. Only the peers of its P2P sessions are told (that
+    /// the session ended); the departure itself is announced by the caller.
+    fn detach(&mut self, conn: ConnId, out: &mut Vec<Output>) -> Option<Departed> {
         let c = self.conns.remove(&conn)?;
         let device = self.devices.remove(&c.device_id);
         debug_assert!(
             device.is_some_and(|d| d.conn == conn),
             "conn/device out of sync"
         );
-        let was_p2p = self.p2p.device_gone(&c.device_id);
+        let was_p2p = self.p2p_device_gone(&c.device_id, p2p::Ending::PeerLeft, out);
         Some(Departed {
             device_id: c.device_id,
             was_p2p,
@@ -564,7 +552,7 @@ impl Hub {
         })
     }
 
-    /// One arm per message type; the P2P issue adds its arms here.
+    /// One arm per message type.
     fn dispatch(
         &mut self,
         now: Now,
@@ -600,10 +588,15 @@ impl Hub {
             }
             "enable_p2p" => self.on_enable_p2p(conn, msg, out),
             "disable_p2p" => self.on_disable_p2p(conn, out),
-            t if P2P_LATER.contains(&t) => Err(Reject::new(
-                "not_implemented",
-                format!("`{t}` is not supported by this box yet"),
-            )),
+            "p2p_request" => self.on_p2p_request(now, conn, msg, out),
+            "p2p_accept" => self.on_p2p_accept(now, conn, msg, out),
+            "p2p_decline" => self.on_p2p_decline(conn, msg, out),
+            "webrtc_signal" => self.on_webrtc_signal(now, conn, msg, out),
+            "webrtc_offer" | "webrtc_answer" | "ice_candidate" => {
+                self.on_target_signal(now, conn, ty, msg, out)
+            }
+            "p2p_connection_established" => self.on_p2p_established(conn, msg, out),
+            "p2p_close" => self.on_p2p_close(conn, msg, out),
             t => Err(Reject::new(
                 "unknown_type",
                 format!("unknown message type `{t}`"),
@@ -619,10 +612,13 @@ impl Hub {
             reply["ref_type"] = Value::String(ref_type);
         }
         send(out, conn, frame(reply));
-        // A well-formed message the box does not handle yet is no sign of a broken client:
-        // a seed client trickling ICE candidates must not be closed for it; nor is asking
-        // for P2P while the box refuses it.
-        if reject.code == "not_implemented" || reject.code == "p2p_unavailable" {
+        // Some refusals are no sign of a broken client: asking for P2P while the box
+        // refuses it, or a signal that raced the end of its session (a browser trickling
+        // ICE candidates after its peer left) must not get the socket closed.
+        if matches!(
+            reject.code,
+            "p2p_unavailable" | "no_session" | "no_request" | "peer_unavailable"
+        ) {
             return;
         }
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -700,9 +696,7 @@ impl Hub {
         msg: &Map<String, Value>,
         out: &mut Vec<Output>,
     ) -> Result<(), Reject> {
-        if let Some(why) = &self.p2p.refusal {
-            return Err(Reject::new("p2p_unavailable", why.clone()));
-        }
+        self.p2p_allowed()?;
         let new_name = optional_str(msg, "device_name")?;
         let max = self.limits.max_name_len;
         let device = self.device_of_mut(conn);
@@ -734,7 +728,7 @@ impl Hub {
     /// As with `enable_p2p`, the message's `device_id` is ignored.
     fn on_disable_p2p(&mut self, conn: ConnId, out: &mut Vec<Output>) -> Result<(), Reject> {
         let id = self.conns[&conn].device_id.clone();
-        let was_enabled = self.p2p.device_gone(&id);
+        let was_enabled = self.p2p_device_gone(&id, p2p::Ending::PeerDisabled, out);
         if was_enabled {
             self.send_device_updated(conn, out);
         }
@@ -760,7 +754,10 @@ impl Hub {
     /// it again; devices then opt in anew.
     pub fn set_p2p_refusal(&mut self, why: Option<String>, out: &mut Vec<Output>) {
         if let Some(why) = &why {
-            let enabled = std::mem::take(&mut self.p2p.enabled);
+            let enabled = self.p2p.enabled.clone();
+            for device in &enabled {
+                self.p2p_device_gone(device, p2p::Ending::PeerDisabled, out);
+            }
             let conns: Vec<ConnId> = self
                 .conns
                 .iter()
@@ -793,6 +790,16 @@ impl Hub {
 
     pub fn conn_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// P2P requests and sessions open, in any stage.
+    pub fn p2p_session_count(&self) -> usize {
+        self.p2p.session_count()
+    }
+
+    /// Families with at least one device on `/signal`.
+    pub fn family_count(&self) -> usize {
+        self.families.family_count()
     }
 }
 
@@ -840,6 +847,7 @@ impl Hub {
                 "clipboard_max_bytes": self.limits.clipboard_max_bytes,
                 "heartbeat_timeout_ms": duration_ms(self.limits.heartbeat_timeout),
             },
+            "p2p": self.p2p_info(),
         });
         send(out, conn, frame(welcome));
         // Seed clients know only `clipboard_update`, so they learn the current text this way.
@@ -977,19 +985,19 @@ mod tests {
     use super::*;
 
     /// A clock the tests move by hand.
-    struct Clock {
+    pub(super) struct Clock {
         start: Instant,
     }
 
     impl Clock {
-        fn new() -> Self {
+        pub(super) fn new() -> Self {
             Clock {
                 start: Instant::now(),
             }
         }
 
         /// The time `ms` milliseconds after the start; unix ms starts at 1_000_000.
-        fn at(&self, ms: u64) -> Now {
+        pub(super) fn at(&self, ms: u64) -> Now {
             Now {
                 at: self.start + Duration::from_millis(ms),
                 unix_ms: 1_000_000 + ms,
@@ -997,25 +1005,25 @@ mod tests {
         }
     }
 
-    fn hub() -> Hub {
+    pub(super) fn hub() -> Hub {
         Hub::new(HubLimits::default())
     }
 
-    fn join(hub: &mut Hub, now: Now, conn: ConnId, id: &str) -> Vec<Output> {
+    pub(super) fn join(hub: &mut Hub, now: Now, conn: ConnId, id: &str) -> Vec<Output> {
         let mut out = Vec::new();
         hub.connect(now, conn, id, None, None, &mut out)
             .expect("connect");
         out
     }
 
-    fn recv(hub: &mut Hub, now: Now, conn: ConnId, text: &str) -> Vec<Output> {
+    pub(super) fn recv(hub: &mut Hub, now: Now, conn: ConnId, text: &str) -> Vec<Output> {
         let mut out = Vec::new();
         hub.receive_text(now, conn, text, &mut out);
         out
     }
 
     /// Every frame sent to `conn`, parsed.
-    fn to(out: &[Output], conn: ConnId) -> Vec<Value> {
+    pub(super) fn to(out: &[Output], conn: ConnId) -> Vec<Value> {
         out.iter()
             .filter_map(|o| match o {
                 Output::Send { conn: c, text } if *c == conn => {
@@ -1027,7 +1035,7 @@ mod tests {
     }
 
     /// The conns each sent frame went to, with its type.
-    fn sends(out: &[Output]) -> Vec<(ConnId, String)> {
+    pub(super) fn sends(out: &[Output]) -> Vec<(ConnId, String)> {
         out.iter()
             .filter_map(|o| match o {
                 Output::Send { conn, text } => {
@@ -1039,7 +1047,7 @@ mod tests {
             .collect()
     }
 
-    fn closes(out: &[Output]) -> Vec<(ConnId, u16, &'static str)> {
+    pub(super) fn closes(out: &[Output]) -> Vec<(ConnId, u16, &'static str)> {
         out.iter()
             .filter_map(|o| match o {
                 Output::Close { conn, code, reason } => Some((*conn, *code, *reason)),
@@ -1048,7 +1056,7 @@ mod tests {
             .collect()
     }
 
-    fn error_code(out: &[Output], conn: ConnId) -> Option<String> {
+    pub(super) fn error_code(out: &[Output], conn: ConnId) -> Option<String> {
         to(out, conn)
             .into_iter()
             .find(|v| v["type"] == "error")
@@ -1391,12 +1399,12 @@ mod tests {
             ),
             (
                 r#"{"type":"p2p_request","from":"a","to":"b"}"#,
-                "not_implemented",
+                "p2p_not_enabled",
                 Some("p2p_request"),
             ),
             (
                 r#"{"type":"webrtc_signal"}"#,
-                "not_implemented",
+                "missing_field",
                 Some("webrtc_signal"),
             ),
         ];
@@ -1452,7 +1460,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_for_later_features_do_not_count_as_abuse() {
+    fn stale_ice_candidates_do_not_count_as_abuse() {
         let clock = Clock::new();
         let mut hub = Hub::new(HubLimits {
             max_errors: 3,
@@ -1462,7 +1470,7 @@ mod tests {
         for i in 0..10 {
             let text = r#"{"type":"ice_candidate","candidate":"c","target":"b","from":"a"}"#;
             let out = recv(&mut hub, clock.at(i), 1, text);
-            assert_eq!(error_code(&out, 1).as_deref(), Some("not_implemented"));
+            assert_eq!(error_code(&out, 1).as_deref(), Some("no_session"));
             assert!(closes(&out).is_empty());
         }
         assert_eq!(hub.conn_count(), 1);
@@ -1682,7 +1690,7 @@ mod tests {
     }
 
     /// Outputs addressed to `conn`, kept as outputs.
-    fn to_outputs(out: &[Output], conn: ConnId) -> Vec<Output> {
+    pub(super) fn to_outputs(out: &[Output], conn: ConnId) -> Vec<Output> {
         out.iter()
             .filter(|o| matches!(o, Output::Send { conn: c, .. } if *c == conn))
             .cloned()

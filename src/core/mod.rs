@@ -8,4 +8,5 @@ pub mod names;
 pub mod range;
 pub mod relay;
 pub mod ring;
+pub mod stun;
 pub mod upload;

@@ -103,6 +103,10 @@ pub struct InboxEntry {
     pub sha256: String,
     /// Unix ms when the last byte was stored and verified.
     pub stored_at: u64,
+    /// The sender's `ref` for the send, passed on with the stored offer (entries stored
+    /// before refs were kept have none).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub client_ref: Option<String>,
 }
 
 /// What the shell must do after a call.
@@ -230,6 +234,10 @@ impl Transfer {
         m.insert("chunk_size".into(), json!(chunk_size));
         m.insert("chunks".into(), json!(self.chunks));
         m.insert("start_chunk".into(), json!(self.start));
+        // The sender's label (e.g. the P2P transfer this send continues), for both sides.
+        if let Some(r) = &self.client_ref {
+            m.insert("ref".into(), json!(r));
+        }
         m
     }
 }
@@ -247,6 +255,18 @@ struct Peer {
 struct Reject {
     code: &'static str,
     message: String,
+}
+
+/// An optional boolean field: absent or null is false.
+fn opt_bool(msg: &Map<String, Value>, field: &str) -> Result<bool, Reject> {
+    match msg.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(reject(
+            "missing_field",
+            format!("field `{field}` must be true or false"),
+        )),
+    }
 }
 
 fn reject(code: &'static str, message: impl Into<String>) -> Reject {
@@ -739,18 +759,11 @@ impl Relay {
                     .ok_or_else(|| reject("bad_offer", "`sha256` must be 64 hex digits"))?,
             ),
         };
-        let start = opt_u64(msg, "start_chunk")?.unwrap_or(0);
+        let mut start = opt_u64(msg, "start_chunk")?.unwrap_or(0);
         let timeout_ms = opt_u64(msg, "accept_timeout_ms")?;
-        let inbox = match msg.get("inbox") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(reject(
-                    "missing_field",
-                    "field `inbox` must be true or false",
-                ))
-            }
-        };
+        let inbox = opt_bool(msg, "inbox")?;
+        // Straight to the inbox even if the receiver is online (its page is hidden, say).
+        let store = opt_bool(msg, "store")?;
         let client_ref = match msg.get("ref") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.len() <= MAX_REF_BYTES => Some(s.clone()),
@@ -809,8 +822,8 @@ impl Relay {
                 ));
             }
         }
-        let online = self.online.get(to).copied();
-        if online.is_none() && !inbox {
+        let online = self.online.get(to).copied().filter(|_| !store);
+        if online.is_none() && !inbox && !store {
             return Err(reject(
                 "device_offline",
                 format!("device {to} is not connected; offer with \"inbox\": true to leave it on the box"),
@@ -824,6 +837,10 @@ impl Relay {
                     self.limits.max_inbox
                 ),
             ));
+        }
+        if online.is_none() {
+            // An inbox file is always whole, so its offer says so from the first reply.
+            start = 0;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -866,9 +883,6 @@ impl Relay {
             "mode".into(),
             json!(if online.is_some() { "live" } else { "inbox" }),
         );
-        if let Some(r) = &t.client_ref {
-            reply.insert("ref".into(), json!(r));
-        }
         send(out, conn, Value::Object(reply));
         let Some(to_conn) = online else {
             self.open_inbox(t, out);
@@ -1251,7 +1265,7 @@ impl Relay {
                 told: (u32::MAX, u32::MAX),
                 paused_until: None,
                 busy: false,
-                client_ref: None,
+                client_ref: e.client_ref.clone(),
             };
             let mut m = t.describe(self.limits.chunk_size);
             m.insert("type".into(), json!("relay_offer"));
@@ -1442,6 +1456,7 @@ impl Relay {
                     size: t.size,
                     sha256: expected.to_hex(),
                     stored_at: 0,
+                    client_ref: t.client_ref.clone(),
                 };
                 out.push(RelayOutput::InboxFinish { id, entry });
                 let mut t = t;

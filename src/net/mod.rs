@@ -10,5 +10,6 @@ pub mod mdns_query;
 pub mod notify;
 pub mod relay;
 pub mod server;
+pub mod stun;
 pub mod web;
 pub mod ws;

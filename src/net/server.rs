@@ -4,8 +4,8 @@
 
 use super::http::{Conn, HeadError, Response, Traffic};
 use super::{api, mdns, notify, relay, ws};
-use crate::config::Config;
-use crate::core::hub::{ConnId, Hub, HubLimits, Now};
+use crate::config::{Config, P2pMode};
+use crate::core::hub::{ConnId, Hub, HubLimits, Now, P2pLimits};
 use crate::store::{disk::Disk, unix_ms, Store};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -84,6 +84,9 @@ impl App {
                 "transfers": self.relay.borrow().transfer_count(),
                 "inbox": self.relay.borrow().inbox_count(),
             },
+            "p2p": hub.p2p_info(),
+            "p2p_sessions": hub.p2p_session_count(),
+            "families": hub.family_count(),
         })
     }
 }
@@ -156,13 +159,32 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         .map_err(|e| StartError(e.to_string()))?;
     let listener = Async::new(listener).map_err(|e| StartError(e.to_string()))?;
 
+    let stun = super::stun::bind(&cfg.p2p, addr);
+    let stun_port = stun
+        .as_ref()
+        .and_then(|s| s.get_ref().local_addr().ok())
+        .map(|a| a.port());
     let ws = &cfg.ws;
+    let p = &cfg.p2p;
     let hub = Hub::new(HubLimits {
         max_devices: ws.max_devices,
         clipboard_max_bytes: ws.clipboard_max_bytes as usize,
         clipboard_history: ws.clipboard_history,
         heartbeat_timeout: Duration::from_secs(ws.heartbeat_timeout_secs),
         messages_per_sec: ws.messages_per_sec,
+        p2p: P2pLimits {
+            mode: p.mode,
+            stun_port,
+            chunk_size: cfg.relay.chunk_size,
+            signal_timeout: Duration::from_secs(p.signal_timeout_secs),
+            max_sessions_per_device: p.max_sessions_per_device,
+            max_pending_requests: p.max_pending_requests,
+            requests_per_minute: p.requests_per_minute,
+            max_sdp_bytes: p.max_sdp_bytes as usize,
+            max_candidate_bytes: p.max_candidate_bytes as usize,
+            max_families: p.max_families,
+            max_family_devices: p.max_family_devices,
+        },
         ..HubLimits::default()
     });
     let app = Rc::new(App {
@@ -204,6 +226,17 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             })
         });
         ex.spawn(hub_timers(app.clone())).detach();
+        if let Some(stun) = stun {
+            log::info!(
+                "STUN on udp {}",
+                stun.get_ref()
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            ex.spawn(super::stun::serve(stun, app.cfg.p2p.stun_batch))
+                .detach();
+        }
         if let Some(advert) = &advert {
             let advert = advert.clone();
             ex.spawn(async move { advert.watch().await }).detach();
@@ -403,11 +436,15 @@ async fn connection(app: Rc<App>, stream: Async<std::net::TcpStream>, peer: Sock
         };
         if req.is_websocket_upgrade() && req.method == "GET" {
             let segments = req.segments().unwrap_or_default();
-            if let [ws, device] = segments.as_slice() {
-                if ws == "ws" {
-                    let device = device.clone();
+            match segments.as_slice() {
+                [ws, device] if ws == "ws" => {
+                    let device = ws::Endpoint::Device(device.clone());
                     return ws::serve(app.clone(), conn, req, device).await;
                 }
+                [signal] if signal == "signal" && app.cfg.p2p.mode != P2pMode::Off => {
+                    return ws::serve(app.clone(), conn, req, ws::Endpoint::Family).await;
+                }
+                _ => {}
             }
         }
         log::debug!("{peer} {} {}", req.method, req.path);

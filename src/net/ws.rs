@@ -1,5 +1,5 @@
-//! The WebSocket shell at `/ws/{device_id}`: upgrades an HTTP connection, feeds frames to
-//! the `Hub` and writes what it answers. Each socket has a bounded outbound queue; a device
+//! The WebSocket shell at `/ws/{device_id}` (devices) and `/signal` (family signaling):
+//! upgrades an HTTP connection, feeds frames to the `Hub` and writes what it answers. Each socket has a bounded outbound queue; a device
 //! that falls behind is dropped so nobody else waits. Never parses messages itself.
 
 use super::http::{Conn, Request, Traffic};
@@ -21,8 +21,16 @@ use std::time::{Duration, Instant};
 /// How long one frame write may stall before the reader is considered gone.
 const WRITE_STALL: Duration = Duration::from_secs(10);
 
+/// Which of the box's WebSocket endpoints a socket is on.
+pub enum Endpoint {
+    /// `/ws/{device_id}`: a device of the hub (clipboard, P2P, relay).
+    Device(String),
+    /// `/signal`: family signaling only.
+    Family,
+}
+
 /// Completes the upgrade and serves the socket until it closes.
-pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String) {
+pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, endpoint: Endpoint) {
     let Some(key) = req.header("sec-websocket-key").map(str::to_string) else {
         let resp = super::api::error(400, "bad_upgrade", "missing Sec-WebSocket-Key".into());
         let _ = conn.respond(resp, false, false, WRITE_STALL).await;
@@ -62,14 +70,24 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
     let name = req.query_param("name");
     let kind = req.query_param("kind");
     let mut out = Vec::new();
-    let joined = app.hub.borrow_mut().connect(
-        app.now(),
-        conn_id,
-        &device_id,
-        name.as_deref(),
-        kind.as_deref(),
-        &mut out,
-    );
+    let device_id = match &endpoint {
+        Endpoint::Device(id) => Some(id.as_str()),
+        Endpoint::Family => None,
+    };
+    let joined = match device_id {
+        Some(device_id) => app.hub.borrow_mut().connect(
+            app.now(),
+            conn_id,
+            device_id,
+            name.as_deref(),
+            kind.as_deref(),
+            &mut out,
+        ),
+        None => {
+            app.hub.borrow_mut().signal_connect(app.now(), conn_id);
+            Ok(())
+        }
+    };
     if let Err(e) = joined {
         app.sockets.borrow_mut().remove(&conn_id);
         let msg = serde_json::json!({"type": "error", "code": "refused", "message": e.to_string()});
@@ -83,7 +101,9 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
         return;
     }
     app.dispatch(out);
-    app.relay_connect(conn_id, &device_id);
+    if let Some(device_id) = device_id {
+        app.relay_connect(conn_id, device_id);
+    }
 
     // At least two pings per heartbeat timeout, whatever the interval says: with fewer, a
     // device that only listens would be dropped as silent before it was ever asked.
@@ -145,14 +165,24 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
                     Timer::after(Duration::from_millis(200)).await;
                     break;
                 }
+                Ok(Message::Text(text)) if device_id.is_none() => {
+                    app.hub
+                        .borrow_mut()
+                        .signal_text(app.now(), conn_id, text.as_str(), &mut out);
+                }
                 Ok(Message::Text(text)) if app.relay_text(conn_id, text.as_str()) => {}
                 Ok(Message::Text(text)) => {
                     app.hub
                         .borrow_mut()
                         .receive_text(app.now(), conn_id, text.as_str(), &mut out);
                 }
-                Ok(Message::Binary(frame)) => app.relay_chunk(conn_id, &frame),
+                Ok(Message::Binary(frame)) if device_id.is_some() => {
+                    app.relay_chunk(conn_id, &frame)
+                }
                 Ok(Message::Close(_)) => return true,
+                Ok(_) if device_id.is_none() => {
+                    app.hub.borrow_mut().signal_heard(app.now(), conn_id)
+                }
                 Ok(_) => app.hub.borrow_mut().heard_from(app.now(), conn_id),
                 Err(e) => {
                     // An oversized or malformed frame leaves the stream unusable: say why,
@@ -191,11 +221,18 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, device_id: String
     }
     app.sockets.borrow_mut().remove(&conn_id);
     let mut out = Vec::new();
-    app.hub
-        .borrow_mut()
-        .disconnect(app.now(), conn_id, &mut out);
-    app.dispatch(out);
-    app.relay_disconnect(conn_id);
+    if device_id.is_some() {
+        app.hub
+            .borrow_mut()
+            .disconnect(app.now(), conn_id, &mut out);
+        app.dispatch(out);
+        app.relay_disconnect(conn_id);
+    } else {
+        app.hub
+            .borrow_mut()
+            .signal_disconnect(app.now(), conn_id, &mut out);
+        app.dispatch(out);
+    }
 }
 
 impl App {
@@ -208,11 +245,11 @@ impl App {
                 match o {
                     Output::Send { conn, text } => {
                         if !self.send_to(conn, text) {
-                            log::info!("dropping device on socket {conn}: it stopped reading");
+                            log::info!("dropping socket {conn}: it stopped reading");
                             self.sockets.borrow_mut().remove(&conn);
-                            self.hub
-                                .borrow_mut()
-                                .disconnect(self.now(), conn, &mut more);
+                            let mut hub = self.hub.borrow_mut();
+                            hub.disconnect(self.now(), conn, &mut more);
+                            hub.signal_disconnect(self.now(), conn, &mut more);
                         }
                     }
                     Output::Close { conn, code, reason } => self.close(conn, code, reason),

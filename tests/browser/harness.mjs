@@ -15,10 +15,14 @@ export const BIN = process.env.LANVAN_BIN
   || join(process.env.CARGO_TARGET_DIR || join(process.env.HOME, '.cache/lanvan-target'), 'debug/lanvan');
 export const ARTIFACTS = join(ROOT, 'test-artifacts');
 
-/** Starts `lanvan serve` on 127.0.0.1 (port 0 = any free one). Resolves when it listens. */
-export function startBox({ settings = [], dataDir, port = 0 } = {}) {
+/**
+ * Starts `lanvan serve` on 127.0.0.1 (port 0 = any free one). Resolves when it listens.
+ * `host` is another address to listen on: only ever one inside a network namespace the
+ * test made (tests/browser/p2p.test.mjs), never the machine's real LAN.
+ */
+export function startBox({ settings = [], dataDir, port = 0, host = '127.0.0.1' } = {}) {
   dataDir ||= mkdtempSync(join(tmpdir(), 'lanvan-browser-'));
-  const args = ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir];
+  const args = ['serve', '--listen', `${host}:${port}`, '--data-dir', dataDir];
   for (const s of settings) args.push('-s', s);
   const proc = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
@@ -89,8 +93,11 @@ export function launch() {
   });
 }
 
-/** Opens the app in a new context (a new device) and waits until it is connected. */
-export async function openApp(browser, box, options = {}) {
+/**
+ * Opens the app in a new context (a new device) and waits until it is connected. `origin`
+ * replaces the LAN-like `lanvan.test` origin (e.g. the namespace address of the P2P tests).
+ */
+export async function openApp(browser, box, { origin, ...options } = {}) {
   const context = await browser.newContext({ acceptDownloads: true, ...options });
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error('page error:', e));
@@ -98,7 +105,7 @@ export async function openApp(browser, box, options = {}) {
   // added. Switching it on here, long before any click, means a later
   // waitForEvent('filechooser') cannot lose a race with a fast click or key press.
   page.on('filechooser', () => {});
-  await page.goto(lanUrl(box) + '/');
+  await page.goto((origin || lanUrl(box)) + '/');
   await waitConnected(page);
   return { context, page };
 }

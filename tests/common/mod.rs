@@ -85,6 +85,10 @@ impl Lanvan {
             "127.0.0.1:0".into(),
             "--data-dir".into(),
             data.display().to_string(),
+            // An ephemeral STUN port, so boxes of tests running side by side do not contend
+            // for 3478; a test's own settings come after and may name another.
+            "-s".into(),
+            "p2p.stun_port=0".into(),
         ];
         for s in &settings {
             args.push("-s".into());

@@ -171,6 +171,10 @@ pub struct Outgoing {
     /// Put the real SHA-256 in the offer (else it goes in `relay_end`).
     pub declare: Option<String>,
     pub inbox: bool,
+    /// Straight to the receiver's inbox even if it is connected (`"store": true`).
+    pub store: bool,
+    /// The offer's `ref`.
+    pub client_ref: Option<String>,
     pub accept_timeout_ms: Option<u64>,
     /// Skip hashing: send this as the hash (the benchmark measures the box, not SHA-256).
     pub fake_hash: Option<String>,
@@ -203,6 +207,8 @@ impl Outgoing {
             data,
             declare: None,
             inbox: false,
+            store: false,
+            client_ref: None,
             accept_timeout_ms: None,
             fake_hash: None,
             start_chunk: 0,
@@ -317,6 +323,12 @@ impl Client {
         }
         if o.inbox {
             msg["inbox"] = json!(true);
+        }
+        if o.store {
+            msg["store"] = json!(true);
+        }
+        if let Some(r) = &o.client_ref {
+            msg["ref"] = json!(r);
         }
         if let Some(ms) = o.accept_timeout_ms {
             msg["accept_timeout_ms"] = json!(ms);
