@@ -24,3 +24,8 @@ bash scripts/test-browser.sh
 # The appliance: static cross builds under qemu, and the systemd unit, installer and sandbox.
 bash scripts/test-cross.sh
 bash scripts/test-systemd.sh
+
+# The SD-card image: unit verify, first-boot settings, assembling an image from a tiny fake
+# root, and inject.sh on a synthetic Raspberry Pi OS image. The full build and boot under
+# qemu (image/build.sh && image/test-boot.sh) takes about half an hour and is not run here.
+bash image/test-cheap.sh

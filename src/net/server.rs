@@ -84,6 +84,7 @@ impl App {
                 "transfers": self.relay.borrow().transfer_count(),
                 "inbox": self.relay.borrow().inbox_count(),
             },
+            "systemd": notify::status(),
         })
     }
 }
