@@ -18,11 +18,14 @@ out="$here/out"
 test_image=yes
 compress=yes
 binary=
-usage() { sed -n '2,11s/^# \{0,1\}//p' "$0"; echo "options: --out DIR, --binary FILE (skip cross/build.sh), --no-test-image, --no-compress"; }
+base=
+usage() { sed -n '2,11s/^# \{0,1\}//p' "$0"; echo "options: --out DIR, --binary FILE (skip cross/build.sh), --base DIR (a Debian tree made"
+    echo "  by image/lib/base.sh, instead of the cached one), --no-test-image, --no-compress"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out=$2; shift 2 ;;
         --binary) binary=$(realpath "$2"); shift 2 ;;
+        --base) base=$(realpath "$2"); shift 2 ;;
         --no-test-image) test_image=no; shift ;;
         --no-compress) compress=no; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -39,8 +42,10 @@ lap() { image_say "$1 took $(( SECONDS - ${2:-$t0} )) s"; }
 
 # 1. The Debian tree, cached by the content of the script that makes it.
 key=$(sha256sum <"$here/lib/base.sh" | cut -c1-12)
-base="$cache/base-$key"
-if [ ! -e "$base/.lanvan-base-done" ]; then
+if [ -n "$base" ]; then
+    [ -e "$base/.lanvan-base-done" ] || image_die "$base is not a finished tree from image/lib/base.sh"
+    image_say "using the Debian tree $base"
+elif base="$cache/base-$key" && [ ! -e "$base/.lanvan-base-done" ]; then
     image_say "building the Debian tree in $base (mmdebstrap under qemu-user; 10-30 min)"
     t=$SECONDS
     "$here/lib/base.sh" "$base.tmp"

@@ -15,7 +15,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib/tools.sh"
 img=$(realpath "${1:-$here/out/lanvan-arm64-test.img}")
 [ -f "$img" ] || image_die "no image at $img: run image/build.sh first"
-need_tools qemu-system-aarch64 qemu-img mcopy mdir sfdisk debugfs e2fsck curl python3
+need_tools qemu-system-aarch64 qemu-img mcopy mdir sfdisk debugfs e2fsck curl python3 journalctl
 
 cache=${LANVAN_IMAGE_CACHE:-$HOME/.cache/lanvan-image}
 mkdir -p "$cache"
@@ -194,4 +194,23 @@ fs_mb=$(( blocks * bsize / 1048576 ))
 [ $(( root_start + new_size )) -eq $(( disk_mb * 2048 )) ] || fail "the root partition does not reach the end of the disk"
 [ "$fs_mb" -ge $(( new_size / 2048 - 8 )) ] || fail "the root file system is $fs_mb MiB in a $(( new_size / 2048 )) MiB partition"
 pass "the root partition grew from $(( root_size / 2048 )) MiB to $(( new_size / 2048 )) MiB, its file system to $fs_mb MiB"
+# 7. The guest's own journal (persistent, on the root partition), read on the host: systemd
+# saw the watchdog fire, the box advertised lanvan.local, and lanvan.txt was applied before
+# the network started.
+debugfs -R "rdump /var/log/journal $work" "$work/disk.raw?offset=$root_off" >/dev/null 2>&1
+journal() { journalctl -D "$work/journal" --no-pager -o short-monotonic "$@" 2>/dev/null; }
+journal -u lanvan.service >"$work/lanvan.journal"
+grep -q "lanvan.service: Watchdog timeout (limit 30s)" "$work/lanvan.journal" || fail "no watchdog timeout in the journal"
+grep -q "lanvan.service: Failed with result 'watchdog'" "$work/lanvan.journal" || fail "the journal does not say the watchdog ended the box"
+grep -q 'debug-stall: blocking the event loop' "$work/lanvan.journal" || fail "the stall is not in the journal"
+pass "journal: the stalled box was killed by systemd's watchdog (result 'watchdog') and started again"
+grep -q 'mDNS: advertising .* as http://lanvan.local:80/' "$work/lanvan.journal" || fail "the box did not advertise lanvan.local"
+grep -q 'mDNS: announced .* on eth0' "$work/lanvan.journal" || fail "no mDNS announcement on eth0"
+pass "journal: the box advertised http://lanvan.local:80/ by mDNS on eth0"
+journal >"$work/boot.journal"
+applied=$(grep -n 'Finished lanvan-firstboot.service' "$work/boot.journal" | head -n 1 | cut -d: -f1)
+networkd=$(grep -n 'Starting systemd-networkd.service' "$work/boot.journal" | head -n 1 | cut -d: -f1)
+[ -n "$applied" ] && [ -n "$networkd" ] && [ "$applied" -lt "$networkd" ] ||
+    fail "lanvan-firstboot did not finish before systemd-networkd started (lines $applied, $networkd)"
+pass "journal: lanvan.txt was applied before systemd-networkd started"
 image_say "all checks passed in $(( SECONDS - t0 )) s; boot to HTTP $boot_secs s, watchdog restart $watchdog_secs s"

@@ -23,11 +23,11 @@ need_tools mkfs.vfat mcopy mkfs.ext4 sfdisk
 
 # The first partition starts at 4 MiB, as on Raspberry Pi OS (erase-block aligned).
 start_mb=4
-# Root: what the tree holds plus a quarter for ext4's own metadata, plus the spare room.
-# First boot grows it to the whole card anyway.
-used_mb=$(( $(du -s --block-size=1M --apparent-size "$root_dir" | cut -f1) ))
-inodes=$(find "$root_dir" -xdev | wc -l)
-root_mb=$(( used_mb + used_mb / 4 + inodes / 64 + spare_mb ))
+# Root: the blocks the tree takes (small files fill whole blocks, as they will in ext4),
+# an eighth more for ext4's own metadata (inode tables, journal), and the spare room. The
+# first boot grows it to the whole card anyway.
+used_mb=$(( $(du -s --block-size=1M "$root_dir" | cut -f1) ))
+root_mb=$(( used_mb + used_mb / 8 + 16 + spare_mb ))
 total_mb=$(( start_mb + boot_mb + root_mb ))
 
 tmp=$(mktemp -d "${out}.parts.XXXXXX")

@@ -12,10 +12,11 @@ debs=${LANVAN_IMAGE_CACHE:-$HOME/.cache/lanvan-image}/apt
 mkdir -p "$debs"
 
 # Debian's own mirrors only. non-free-firmware holds raspi-firmware (the Pi's boot blobs)
-# and firmware-brcm80211 (the Wi-Fi chip of the Pi 3, 4, Zero 2 W and CM4).
+# and firmware-brcm80211 (the Wi-Fi chip of the Pi 3, 4, Zero 2 W and CM4). The Pi has no
+# clock that runs while it is off: systemd-timesyncd sets it from the network when it can.
 mirror=http://deb.debian.org/debian
 packages=(
-    systemd-sysv udev dbus kmod iproute2 netbase
+    systemd-sysv systemd-timesyncd udev dbus kmod iproute2 netbase
     wpasupplicant wireless-regdb firmware-brcm80211
     raspi-firmware dracut zstd fdisk e2fsprogs
 )
@@ -31,8 +32,10 @@ cat >"$1/etc/dracut.conf.d/10-lanvan.conf" <<CONF
 # A generic initrd: the image must boot on any Pi and on qemu virt (the boot test).
 hostonly="no"
 hostonly_cmdline="no"
-compress="zstd"
-add_drivers+=" virtio_blk virtio_pci virtio_mmio mmc_block sdhci_iproc bcm2835_sdhost bcm2835_mmc "
+# Level 3: the default -15 takes minutes under qemu-user and saves little.
+compress="zstd -3 -q -T0"
+# SD card (bcm2835 = the Pi 3 sdhost, sdhci-iproc = the Pi 4 and CM4 EMMC2), qemu virt disk.
+add_drivers+=" mmc_block bcm2835 sdhci_iproc virtio_blk virtio_pci virtio_mmio "
 omit_dracutmodules+=" nfs iscsi nbd fcoe fcoe-uefi multipath lvm dm mdraid crypt btrfs "
 CONF
 cat >>"$1/etc/default/raspi-firmware" <<CONF

@@ -19,7 +19,7 @@ need_tools() {
             qemu-img) pkgs+=(qemu-utils) ;;
             qemu-system-aarch64) pkgs+=(qemu-system-arm) ;;
             qemu-aarch64-static) pkgs+=(qemu-user-static) ;;
-            systemd-analyze) pkgs+=(systemd) ;;
+            systemd-analyze | journalctl) pkgs+=(systemd) ;;
             xz) pkgs+=(xz-utils) ;;
             curl) pkgs+=(curl) ;;
             wpa_passphrase) pkgs+=(wpasupplicant) ;;
