@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 #[cfg(not(feature = "debug-stall"))]
 fn a_normal_build_has_no_way_to_stall_the_box() {
     let box_ = Lanvan::start("no-stall", &[]);
-    let resp = box_.client().send("POST", "/api/debug/stall?secs=5", &[], b"");
+    let resp = box_
+        .client()
+        .send("POST", "/api/debug/stall?secs=5", &[], b"");
     assert_eq!(resp.status, 404);
     assert_eq!(resp.json()["error"], "not_found");
     // And the box did not stall: it answers at once.
@@ -24,7 +26,9 @@ fn a_normal_build_has_no_way_to_stall_the_box() {
 #[cfg(feature = "debug-stall")]
 fn a_debug_build_stalls_the_whole_event_loop() {
     let box_ = Lanvan::start("stall", &[]);
-    let bad = box_.client().send("POST", "/api/debug/stall?secs=x", &[], b"");
+    let bad = box_
+        .client()
+        .send("POST", "/api/debug/stall?secs=x", &[], b"");
     assert_eq!(bad.status, 400);
     let stalled = std::thread::spawn({
         let addr = box_.addr;
@@ -34,6 +38,10 @@ fn a_debug_build_stalls_the_whole_event_loop() {
     // Another client waits until the loop is free again.
     let t = Instant::now();
     assert_eq!(box_.get("/api/status").status, 200);
-    assert!(t.elapsed() >= Duration::from_millis(1200), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1200),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(stalled.join().unwrap().status, 200);
 }

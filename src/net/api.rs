@@ -278,7 +278,13 @@ fn ascii_fallback(name: &str) -> String {
 fn debug_stall(req: &Request) -> Response {
     let secs = match req.query_param("secs").map(|s| s.parse::<u64>()) {
         Some(Ok(secs)) if secs <= 600 => secs,
-        _ => return error(400, "bad_secs", "secs must be a whole number up to 600".into()),
+        _ => {
+            return error(
+                400,
+                "bad_secs",
+                "secs must be a whole number up to 600".into(),
+            )
+        }
     };
     log::warn!("debug-stall: blocking the event loop for {secs} s");
     std::thread::sleep(std::time::Duration::from_secs(secs));
