@@ -47,8 +47,10 @@ f="$work/firstboot"
 mkdir -p "$f/boot/firmware" "$f/etc"
 echo lanvan >"$f/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tlanvan\n' >"$f/etc/hosts"
-printf '%s\r\n' "# from Notepad" "hostname = kitchen-box " 'wifi_ssid="Cafe \"5G\""' \
-    "wifi_password=p@ss word=with=equals" "wifi_country=de" >"$f/boot/firmware/lanvan.txt"
+# As an older Notepad saves it: a UTF-8 byte order mark, CRLF.
+printf '\xEF\xBB\xBF%s\r\n' "hostname = kitchen-box " >"$f/boot/firmware/lanvan.txt"
+printf '%s\r\n' 'wifi_ssid="Cafe \"5G\""' "wifi_password=p@ss word=with=equals" "wifi_country=de" \
+    >>"$f/boot/firmware/lanvan.txt"
 first() { LANVAN_ROOT="$f" sh "$here/rootfs/usr/local/sbin/lanvan-firstboot" >"$work/fb.log" 2>&1; }
 first || { cat "$work/fb.log" >&2; fail "lanvan-firstboot failed"; }
 [ "$(cat "$f/etc/hostname")" = kitchen-box ] || fail "hostname: $(cat "$f/etc/hostname")"
@@ -62,7 +64,7 @@ want=$(printf '%s\n' 'p@ss word=with=equals' | wpa_passphrase 'Cafe \"5G\"' 2>/d
 grep -qx "[[:space:]]*psk=$want" "$conf" || fail "psk is not the one derived from ssid and password: $(cat "$conf")"
 grep -q 'p@ss' "$conf" && fail "the password is in the clear in the Wi-Fi config"
 grep -q 'p@ss' "$f/boot/firmware/lanvan.txt" && fail "the password was not erased from lanvan.txt"
-grep -c $'\r$' "$f/boot/firmware/lanvan.txt" | grep -qx 5 || fail "lanvan.txt lost its CRLF line endings"
+grep -c $'\r$' "$f/boot/firmware/lanvan.txt" | grep -qx 4 || fail "lanvan.txt lost its CRLF line endings"
 grep -q $'^wifi_country=de\r$' "$f/boot/firmware/lanvan.txt" || fail "lanvan.txt lost other lines"
 # Again, with the password erased: nothing changes.
 before=$(sha "$conf")
