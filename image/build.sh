@@ -71,6 +71,10 @@ else
 fi
 [ "$test_image" = no ] || [ -e "$work/lanvan-debug-stall" ] ||
     image_die "--binary gives no debug-stall build for the test image: add --no-test-image"
+# The way to stall the box must never reach the image people flash.
+if grep -q 'debug-stall: blocking' "$work/lanvan"; then
+    image_die "the release binary has the debug-stall route: it must be built without that feature"
+fi
 lap "the lanvan binaries" "$t"
 
 # 3. The image's own files on top of the Debian tree, then the two partitions.
