@@ -29,3 +29,6 @@ bash scripts/test-systemd.sh
 # root, and inject.sh on a synthetic Raspberry Pi OS image. The full build and boot under
 # qemu (image/build.sh && image/test-boot.sh) takes about half an hour and is not run here.
 bash image/test-cheap.sh
+# The image boot test's stall route, built with its feature (a normal build's 404 is tested
+# by `cargo test` above).
+cargo test --features debug-stall --test debug_stall
