@@ -206,7 +206,9 @@ grep -q 'debug-stall: blocking the event loop' "$work/lanvan.journal" || fail "t
 pass "journal: the stalled box was killed by systemd's watchdog (result 'watchdog') and started again"
 grep -q 'mDNS: advertising .* as http://lanvan.local:80/' "$work/lanvan.journal" || fail "the box did not advertise lanvan.local"
 grep -q 'mDNS: announced .* on eth0' "$work/lanvan.journal" || fail "no mDNS announcement on eth0"
-pass "journal: the box advertised http://lanvan.local:80/ by mDNS on eth0"
+grep -q 'mDNS: advertising "LANVan on lanvan-test"' "$work/lanvan.journal" ||
+    fail "the box did not see the host name from lanvan.txt"
+pass "journal: the box advertised http://lanvan.local:80/ by mDNS on eth0, as \"LANVan on lanvan-test\""
 journal >"$work/boot.journal"
 applied=$(grep -n 'Finished lanvan-firstboot.service' "$work/boot.journal" | head -n 1 | cut -d: -f1)
 networkd=$(grep -n 'Starting systemd-networkd.service' "$work/boot.journal" | head -n 1 | cut -d: -f1)
