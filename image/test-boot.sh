@@ -193,7 +193,7 @@ mode=$(rootfs "stat $conf" | sed -n 's/.*Mode: *\([0-7]*\).*/\1/p')
 [ "$mode" = 0600 ] || fail "$conf has mode '$mode', not 0600"
 rootfs "cat $conf" >"$work/wpa.conf"
 grep -q '^country=GB$' "$work/wpa.conf" || fail "no country=GB in $conf"
-grep -q 'ssid="Test Net"' "$work/wpa.conf" || fail "no ssid in $conf"
+grep -q 'ssid=54657374204e6574$' "$work/wpa.conf" || fail "no ssid 'Test Net' (in hex) in $conf"
 grep -Eq '^[[:space:]]*psk=[0-9a-f]{64}$' "$work/wpa.conf" || fail "no derived psk in $conf"
 grep -qF "$password" "$work/wpa.conf" && fail "the password is in the clear in $conf"
 pass "Wi-Fi settings in $conf, mode 0600, with the derived key only"

@@ -49,7 +49,7 @@ echo lanvan >"$f/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tlanvan\n' >"$f/etc/hosts"
 # As an older Notepad saves it: a UTF-8 byte order mark, CRLF.
 printf '\xEF\xBB\xBF%s\r\n' "hostname = kitchen-box " >"$f/boot/firmware/lanvan.txt"
-printf '%s\r\n' 'wifi_ssid="Cafe \"5G\""' "wifi_password=p@ss word=with=equals" "wifi_country=de" \
+printf '%s\r\n' 'wifi_ssid="Cafe "5G" "' "wifi_password=p@ss word=with=equals" "wifi_country=de" \
     >>"$f/boot/firmware/lanvan.txt"
 first() { LANVAN_ROOT="$f" sh "$here/rootfs/usr/local/sbin/lanvan-firstboot" >"$work/fb.log" 2>&1; }
 first || { cat "$work/fb.log" >&2; fail "lanvan-firstboot failed"; }
@@ -59,8 +59,11 @@ grep -q lanvan "$f/etc/hosts" && fail "the old name is still in /etc/hosts"
 conf="$f/etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
 [ "$(stat -c %a "$conf")" = 600 ] || fail "the Wi-Fi config has mode $(stat -c %a "$conf")"
 grep -qx 'country=DE' "$conf" || fail "no country=DE: $(cat "$conf")"
-grep -qF 'ssid="Cafe \"5G\""' "$conf" || fail "ssid: $(cat "$conf")"
-want=$(printf '%s\n' 'p@ss word=with=equals' | wpa_passphrase 'Cafe \"5G\"' 2>/dev/null | sed -n 's/^[[:space:]]*psk=//p')
+# The name is `Cafe "5G" ` (quotes inside and a blank at the end, kept by the outer quotes).
+grep -qx $'\tssid=43616665202235472220' "$conf" || fail "ssid: $(cat "$conf")"
+# The WPA key, derived independently: PBKDF2-HMAC-SHA1(password, ssid, 4096 rounds, 32 bytes).
+want=$(python3 -c 'import hashlib,sys; print(hashlib.pbkdf2_hmac("sha1", sys.argv[1].encode(), sys.argv[2].encode(), 4096, 32).hex())' \
+    'p@ss word=with=equals' 'Cafe "5G" ')
 grep -qx "[[:space:]]*psk=$want" "$conf" || fail "psk is not the one derived from ssid and password: $(cat "$conf")"
 grep -q 'p@ss' "$conf" && fail "the password is in the clear in the Wi-Fi config"
 grep -q 'p@ss' "$f/boot/firmware/lanvan.txt" && fail "the password was not erased from lanvan.txt"
