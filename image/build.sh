@@ -127,6 +127,8 @@ if [ "$test_image" = yes ]; then
     lap "assembling lanvan-arm64-test.img" "$t"
 fi
 
+# No stale compressed copy beside a new image.
+[ "$compress" = yes ] || rm -f "$out/lanvan-arm64.img.xz"
 if [ "$compress" = yes ]; then
     t=$SECONDS
     need_tools xz

@@ -57,12 +57,12 @@ else: print(p[0]["start"], p[0]["type"], p[1]["start"], p[1]["type"])' "$table")
 [ "$root_type" = 83 ] || image_die "$src: the second partition is not Linux (type $root_type)"
 root="$out?offset=$(( root_start * 512 ))"
 boot="$out@@$(( boot_start * 512 ))"
-debugfs -R stats "$root" 2>/dev/null | grep -q '^Filesystem magic number: *0xEF53' ||
+debugfs -R stats "$root" 2>/dev/null | grep >/dev/null '^Filesystem magic number: *0xEF53' ||
     image_die "$src: the second partition is not ext4"
 mdir -i "$boot" ::config.txt >/dev/null 2>&1 || image_die "$src: no config.txt on the FAT partition"
 
 # 3. The binary for the image's userland.
-if debugfs -R "stat /usr/lib/aarch64-linux-gnu" "$root" 2>/dev/null | grep -q 'Type: directory'; then
+if debugfs -R "stat /usr/lib/aarch64-linux-gnu" "$root" 2>/dev/null | grep >/dev/null 'Type: directory'; then
     target=aarch64-unknown-linux-musl machine=183   # ELF e_machine: EM_AARCH64
 else
     target=armv7-unknown-linux-musleabihf machine=40  # EM_ARM
@@ -87,12 +87,12 @@ CMDS
 }
 # Folders only where missing: debugfs 1.47's mkdir over an existing name leaves a stray inode.
 for d in /usr/local/bin /etc/lanvan /etc/systemd/system/multi-user.target.wants; do
-    debugfs -R "stat $d" "$root" 2>/dev/null | grep -q 'Type: directory' || echo "mkdir $d" >>"$cmds"
+    debugfs -R "stat $d" "$root" 2>/dev/null | grep >/dev/null 'Type: directory' || echo "mkdir $d" >>"$cmds"
 done
 put "$(realpath "$binary")" /usr/local/bin/lanvan 755
 put "$repo/systemd/lanvan.service" /etc/systemd/system/lanvan.service 644
 # A lanvan.toml already there (an upgrade) is kept, as install.sh does.
-if ! debugfs -R "stat /etc/lanvan/lanvan.toml" "$root" 2>/dev/null | grep -q 'Type: regular'; then
+if ! debugfs -R "stat /etc/lanvan/lanvan.toml" "$root" 2>/dev/null | grep >/dev/null 'Type: regular'; then
     put "$repo/systemd/lanvan.toml" /etc/lanvan/lanvan.toml 644
 fi
 cat >>"$cmds" <<'CMDS'
@@ -103,7 +103,7 @@ debugfs -w -f "$cmds" "$root" >/dev/null 2>&1
 
 got=$(debugfs -R "dump /usr/local/bin/lanvan /dev/stdout" "$root" 2>/dev/null | sha256sum | cut -d' ' -f1)
 [ "$got" = "$(sha256sum "$binary" | cut -d' ' -f1)" ] || image_die "the binary in the image does not match $binary"
-debugfs -R "stat /usr/local/bin/lanvan" "$root" 2>/dev/null | grep -q 'Mode: *0755' || image_die "lanvan is not 0755"
+debugfs -R "stat /usr/local/bin/lanvan" "$root" 2>/dev/null | grep >/dev/null 'Mode: *0755' || image_die "lanvan is not 0755"
 link=$(debugfs -R "stat /etc/systemd/system/multi-user.target.wants/lanvan.service" "$root" 2>/dev/null |
     sed -n 's/^Fast link dest: "\(.*\)"/\1/p')
 [ "$link" = /etc/systemd/system/lanvan.service ] || image_die "lanvan.service is not enabled (link: '$link')"

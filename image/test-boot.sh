@@ -101,7 +101,9 @@ wait_http() { # TIMEOUT
 wait_http 900 || fail "no HTTP answer within 900 s"
 boot_secs=$(( SECONDS - boot_t ))
 pass "the box answered over HTTP $boot_secs s after qemu started"
-curl -sf --max-time 20 "$url/" | grep -qi '<html' || fail "GET / is not the web app"
+# Into a file: `curl | grep -q` fails under pipefail when grep stops reading early.
+curl -sf --max-time 60 -o "$work/index.html" "$url/" || fail "GET / failed"
+grep -qi '<html' "$work/index.html" || fail "GET / is not the web app"
 
 # 2. It runs under systemd, with the unit's 30 s watchdog.
 [ "$(json systemd.notify <"$work/status.json")" = true ] || fail "status: $(cat "$work/status.json")"

@@ -67,7 +67,7 @@ want=$(python3 -c 'import hashlib,sys; print(hashlib.pbkdf2_hmac("sha1", sys.arg
 grep -qx "[[:space:]]*psk=$want" "$conf" || fail "psk is not the one derived from ssid and password: $(cat "$conf")"
 grep -q 'p@ss' "$conf" && fail "the password is in the clear in the Wi-Fi config"
 grep -q 'p@ss' "$f/boot/firmware/lanvan.txt" && fail "the password was not erased from lanvan.txt"
-grep -c $'\r$' "$f/boot/firmware/lanvan.txt" | grep -qx 4 || fail "lanvan.txt lost its CRLF line endings"
+grep -c $'\r$' "$f/boot/firmware/lanvan.txt" | grep >/dev/null -x 4 || fail "lanvan.txt lost its CRLF line endings"
 grep -q $'^wifi_country=de\r$' "$f/boot/firmware/lanvan.txt" || fail "lanvan.txt lost other lines"
 # Again, with the password erased: nothing changes.
 before=$(sha "$conf")
@@ -112,19 +112,19 @@ for n in config.txt cmdline.txt lanvan.txt overlays/disable-bt.dtbo; do
     mcopy -n -i "$fat" "::$n" "$work/back"
     [ "$(sha "$work/back")" = "$(sha "$b/$n")" ] || fail "$n differs on the FAT partition"
 done
-minfo -i "$fat" :: 2>/dev/null | grep -q 'disk type="FAT32' || fail "the boot partition is not FAT32"
+minfo -i "$fat" :: 2>/dev/null | grep >/dev/null 'disk type="FAT32' || fail "the boot partition is not FAT32"
 ext="$work/fake.img?offset=$(( s2 * 512 ))"
 e2fsck -fn "$ext" >"$work/fsck" 2>&1 || { cat "$work/fsck" >&2; fail "e2fsck found errors in the root file system"; }
 ds() { debugfs -R "stat $1" "$ext" 2>/dev/null; }
 [ "$(debugfs -R "dump /usr/local/bin/lanvan /dev/stdout" "$ext" 2>/dev/null | sha256sum | cut -d' ' -f1)" = \
     "$(sha "$r/usr/local/bin/lanvan")" ] || fail "the binary differs in the root file system"
-ds /usr/local/bin/lanvan | grep -q 'Mode: *0755' || fail "binary mode: $(ds /usr/local/bin/lanvan | head -3)"
-ds /usr/local/bin/lanvan | grep -q 'Links: 2' || fail "the hard link was not kept"
-ds /etc/lanvan/key | grep -q 'Mode: *0600' || fail "a 0600 file lost its mode"
-ds /home/pi/notes | grep -Eq 'User: *1000 *Group: *1000' || fail "owner 1000 was not kept"
-ds /usr/local/bin/lanvan-link | grep -q 'Fast link dest: "/usr/local/bin/lanvan"' || fail "symlink"
-ds /boot/firmware | grep -q 'Type: directory' || fail "no /boot/firmware mount point"
-debugfs -R stats "$ext" 2>/dev/null | grep -q '^Filesystem volume name: *lanvan-root$' || fail "root label"
+ds /usr/local/bin/lanvan | grep >/dev/null 'Mode: *0755' || fail "binary mode: $(ds /usr/local/bin/lanvan | head -3)"
+ds /usr/local/bin/lanvan | grep >/dev/null 'Links: 2' || fail "the hard link was not kept"
+ds /etc/lanvan/key | grep >/dev/null 'Mode: *0600' || fail "a 0600 file lost its mode"
+ds /home/pi/notes | grep >/dev/null -E 'User: *1000 *Group: *1000' || fail "owner 1000 was not kept"
+ds /usr/local/bin/lanvan-link | grep >/dev/null 'Fast link dest: "/usr/local/bin/lanvan"' || fail "symlink"
+ds /boot/firmware | grep >/dev/null 'Type: directory' || fail "no /boot/firmware mount point"
+debugfs -R stats "$ext" 2>/dev/null | grep >/dev/null '^Filesystem volume name: *lanvan-root$' || fail "root label"
 ok "assemble.sh: MBR (id, types, bootable, offsets), FAT32 contents, ext4 contents (modes, owners, links) read back"
 
 # --- 4. inject.sh on a synthetic Raspberry Pi OS Lite (64-bit) image ------------------------
@@ -149,26 +149,26 @@ fat="$work/pi5.img@@$(( s1 * 512 ))"
 e2fsck -fn "$ext" >"$work/fsck" 2>&1 || { cat "$work/fsck" >&2; fail "e2fsck after inject"; }
 [ "$(debugfs -R "dump /usr/local/bin/lanvan /dev/stdout" "$ext" 2>/dev/null | sha256sum | cut -d' ' -f1)" = "$(sha "$bin")" ] ||
     fail "the injected binary differs"
-ds /usr/local/bin/lanvan | grep -q 'Mode: *0755' || fail "injected binary mode"
-ds /usr/local/bin/lanvan | grep -Eq 'User: *0 *Group: *0' || fail "injected binary owner"
+ds /usr/local/bin/lanvan | grep >/dev/null 'Mode: *0755' || fail "injected binary mode"
+ds /usr/local/bin/lanvan | grep >/dev/null -E 'User: *0 *Group: *0' || fail "injected binary owner"
 debugfs -R "cat /etc/systemd/system/lanvan.service" "$ext" 2>/dev/null >"$work/unit"
 cmp -s "$work/unit" "$repo/systemd/lanvan.service" || fail "the injected unit differs"
 ds /etc/systemd/system/multi-user.target.wants/lanvan.service |
     grep -q 'Fast link dest: "/etc/systemd/system/lanvan.service"' || fail "the unit is not enabled"
-ds /etc/systemd/system/multi-user.target.wants/ssh.service | grep -q 'Fast link dest' || fail "an existing link was lost"
+ds /etc/systemd/system/multi-user.target.wants/ssh.service | grep >/dev/null 'Fast link dest' || fail "an existing link was lost"
 debugfs -R "cat /etc/lanvan/lanvan.toml" "$ext" 2>/dev/null | cmp -s - "$repo/systemd/lanvan.toml" || fail "lanvan.toml"
 for n in config.txt cmdline.txt start4.elf; do
     mcopy -n -i "$fat" "::$n" "$work/back"
     [ "$(sha "$work/back")" = "$(sha "$b/$n")" ] || fail "$n changed on the FAT partition"
 done
-mcopy -n -i "$fat" ::lanvan-readme.txt - | grep -q 'http://lanvan.local/' || fail "no lanvan-readme.txt on the FAT partition"
+mcopy -n -i "$fat" ::lanvan-readme.txt - | grep >/dev/null 'http://lanvan.local/' || fail "no lanvan-readme.txt on the FAT partition"
 # Again on its own output (an upgrade): an edited lanvan.toml stays, the result stays clean.
 printf 'log_level = "debug"\n' >"$work/edited.toml"
 debugfs -w -R "rm /etc/lanvan/lanvan.toml" "$ext" >/dev/null 2>&1
 debugfs -w -R "write $work/edited.toml /etc/lanvan/lanvan.toml" "$ext" >/dev/null 2>&1
 "$here/inject.sh" "$work/pi5.img" -o "$work/pi5.img" --binary "$bin" >/dev/null 2>"$work/inject.log" ||
     { cat "$work/inject.log" >&2; fail "inject.sh a second time"; }
-debugfs -R "cat /etc/lanvan/lanvan.toml" "$ext" 2>/dev/null | grep -q debug || fail "an upgrade overwrote lanvan.toml"
+debugfs -R "cat /etc/lanvan/lanvan.toml" "$ext" 2>/dev/null | grep >/dev/null debug || fail "an upgrade overwrote lanvan.toml"
 e2fsck -fn "$ext" >"$work/fsck" 2>&1 || { cat "$work/fsck" >&2; fail "e2fsck after a second inject"; }
 # Wrong input gets a clear message and no output.
 head -c 1048576 /dev/urandom >"$work/noise.img"

@@ -55,6 +55,8 @@ need_tools() {
 # image's maintainer scripts. Mounts binfmt_misc and registers qemu-aarch64-static with the
 # F flag (the kernel opens the interpreter once, so it works inside the chroot too).
 need_arm64_binfmt() {
+    # An arm64 machine runs them itself (and must not send its own programs through qemu).
+    [ "$(uname -m)" = aarch64 ] && return 0
     need_tools qemu-aarch64-static arch-test
     local bm=/proc/sys/fs/binfmt_misc
     [ -e "$bm/status" ] || mount -t binfmt_misc binfmt_misc "$bm" ||
