@@ -10,6 +10,8 @@
 # (in its own venv), cargo-zigbuild (cargo install), the target's standard library (rustup).
 # When rustup has no standard library for the target, it builds one with nightly's
 # -Zbuild-std instead, and says so. Prints the binary's path on stdout; the rest goes to stderr.
+# LANVAN_FEATURES=debug-stall adds cargo features (the image boot test's build; the binary
+# lands at the same path, so copy it away before the next build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v file >/dev/null || { apt-get update -qq && apt-get install -y -qq file; } >&2
@@ -80,8 +82,11 @@ fi
 # self-contained linking. That is also what the -Zbuild-std fallback needs, having none.
 export RUSTFLAGS="${RUSTFLAGS:-} -Clink-self-contained=no -Clink-arg=-pie"
 
-say "building $target (profile dist)"
-cargo "${toolchain[@]}" zigbuild "${build_std[@]}" --locked --profile dist --target "$target" --bin lanvan >&2
+features=()
+[ -z "${LANVAN_FEATURES:-}" ] || features=(--features "$LANVAN_FEATURES")
+say "building $target (profile dist${LANVAN_FEATURES:+, features $LANVAN_FEATURES})"
+cargo "${toolchain[@]}" zigbuild "${build_std[@]}" --locked --profile dist --target "$target" \
+    "${features[@]}" --bin lanvan >&2
 
 bin="$CARGO_TARGET_DIR/$target/dist/lanvan"
 [ -x "$bin" ] || die "no binary at $bin"

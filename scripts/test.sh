@@ -26,3 +26,11 @@ bash scripts/test-p2p.sh
 # The appliance: static cross builds under qemu, and the systemd unit, installer and sandbox.
 bash scripts/test-cross.sh
 bash scripts/test-systemd.sh
+
+# The SD-card image: unit verify, first-boot settings, assembling an image from a tiny fake
+# root, and inject.sh on a synthetic Raspberry Pi OS image. The full build and boot under
+# qemu (image/build.sh && image/test-boot.sh) takes about 15 minutes and is not run here.
+bash image/test-cheap.sh
+# The image boot test's stall route, built with its feature (a normal build's 404 is tested
+# by `cargo test` above).
+cargo test --features debug-stall --test debug_stall

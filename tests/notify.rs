@@ -173,3 +173,55 @@ fn watchdog_pings_go_only_to_the_process_systemd_watches() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn status_tells_a_client_the_box_runs_under_systemd_with_its_watchdog() {
+    // The image boot test reads this over HTTP to see the unit's watchdog in force, and
+    // the run id to see that the watchdog restarted the box.
+    let systemd = FakeSystemd::new("notify-status");
+    let mut cmd = serve_under(&systemd, &systemd.dir.join("data"));
+    cmd.env("INVOCATION_ID", "0123456789abcdef0123456789abcdef");
+    let (mut child, log) = spawn_logged(&mut cmd);
+    let addr = loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the box starts");
+        if let Some(a) = line.split("listening on ").nth(1) {
+            break a.trim().parse().unwrap();
+        }
+    };
+    let status = common::Client::connect(addr)
+        .send("GET", "/api/status", &[], b"")
+        .json();
+    assert_eq!(status["systemd"]["notify"], true, "{status}");
+    assert_eq!(status["systemd"]["watchdog_secs"], 0.2, "{status}");
+    assert_eq!(
+        status["systemd"]["invocation_id"],
+        "0123456789abcdef0123456789abcdef"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Run by hand: no systemd, so `null`.
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(systemd.dir.join("by-hand"))
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("INVOCATION_ID");
+    let (mut child, log) = spawn_logged(&mut cmd);
+    let addr = loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the box starts");
+        if let Some(a) = line.split("listening on ").nth(1) {
+            break a.trim().parse().unwrap();
+        }
+    };
+    let status = common::Client::connect(addr)
+        .send("GET", "/api/status", &[], b"")
+        .json();
+    assert!(status["systemd"].is_null(), "{status}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

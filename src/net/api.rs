@@ -100,6 +100,8 @@ pub async fn handle(app: &Rc<App>, conn: &mut Conn, req: &Request) -> Response {
             }
             Err(e) => store_error(&e),
         },
+        #[cfg(feature = "debug-stall")]
+        ("POST", ["api", "debug", "stall"]) => debug_stall(req),
         // A path that exists, asked with a method it does not take.
         (_, [""] | ["api", "status" | "files" | "uploads" | "qr.svg"])
         | (_, ["api", "files" | "uploads", _])
@@ -268,4 +270,23 @@ fn ascii_fallback(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Blocks the event loop thread for `secs` (at most 600): the watchdog test's stuck loop.
+/// Compiled only with the `debug-stall` feature, for the image boot test.
+#[cfg(feature = "debug-stall")]
+fn debug_stall(req: &Request) -> Response {
+    let secs = match req.query_param("secs").map(|s| s.parse::<u64>()) {
+        Some(Ok(secs)) if secs <= 600 => secs,
+        _ => {
+            return error(
+                400,
+                "bad_secs",
+                "secs must be a whole number up to 600".into(),
+            )
+        }
+    };
+    log::warn!("debug-stall: blocking the event loop for {secs} s");
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    Response::json(200, &json!({"stalled_secs": secs}))
 }

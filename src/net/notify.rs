@@ -35,3 +35,19 @@ pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
+
+/// How systemd runs the box, for `/api/status`: `null` when not under systemd, else whether
+/// it takes notifications, the watchdog timeout it set, and the id of this run of the unit
+/// (`INVOCATION_ID`, new at every restart, so a client can tell the box was restarted).
+pub fn status() -> serde_json::Value {
+    let notify = std::env::var_os("NOTIFY_SOCKET").is_some();
+    let invocation = std::env::var("INVOCATION_ID").ok();
+    if !notify && invocation.is_none() {
+        return serde_json::Value::Null;
+    }
+    serde_json::json!({
+        "notify": notify,
+        "watchdog_secs": watchdog_interval().map(|half| (half * 2).as_secs_f64()),
+        "invocation_id": invocation,
+    })
+}

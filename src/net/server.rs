@@ -87,6 +87,7 @@ impl App {
             "p2p": hub.p2p_info(),
             "p2p_sessions": hub.p2p_session_count(),
             "families": hub.family_count(),
+            "systemd": notify::status(),
         })
     }
 }
