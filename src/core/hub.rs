@@ -179,6 +179,24 @@ impl TokenBucket {
             false
         }
     }
+
+    /// The checks a text frame passes before it is parsed, on `/ws` and `/signal` alike:
+    /// the sender's message rate (a token is taken), then the frame's size.
+    fn admit(&mut self, now: Instant, rate: u32, len: usize, max: usize) -> Result<(), Reject> {
+        if !self.take(now, rate) {
+            Err(Reject::new(
+                "rate_limited",
+                format!("more than {rate} messages per second; this one was dropped"),
+            ))
+        } else if len > max {
+            Err(Reject::new(
+                "too_large",
+                format!("frame is {len} bytes; the limit is {max}"),
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Counts error replies in a fixed [`ERROR_WINDOW`]; the count resets with each window.
@@ -500,19 +518,10 @@ impl Hub {
             return;
         };
         c.last_heard = c.last_heard.max(now.at);
-        let result = if !c.bucket.take(now.at, rate) {
-            Err(Reject::new(
-                "rate_limited",
-                format!("more than {rate} messages per second; this one was dropped"),
-            ))
-        } else if text.len() > max_frame {
-            Err(Reject::new(
-                "too_large",
-                format!("frame is {} bytes; the limit is {max_frame}", text.len()),
-            ))
-        } else {
-            self.parse_and_dispatch(now, conn, text, out)
-        };
+        let result = c
+            .bucket
+            .admit(now.at, rate, text.len(), max_frame)
+            .and_then(|()| self.parse_and_dispatch(now, conn, text, out));
         if let Err(reject) = result {
             self.reject(now, conn, reject, out);
         }

@@ -23,6 +23,41 @@ pub struct Lanvan {
     keep: bool,
 }
 
+/// Runs a Node script from `tests/web/` against the box and asserts it exits 0 having
+/// printed `ok_line`; its output is shown when it fails. Node 20 needs a flag for its
+/// WebSocket, Node 22 has one, and older Nodes use Debian's `ws` (scripts/need-node.sh).
+pub fn run_node_script(script: &str, args: &[String], ok_line: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/web")
+        .join(script);
+    let flag = Command::new("node")
+        .args(["--experimental-websocket", "-e", "0"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut cmd = Command::new("node");
+    if flag {
+        cmd.arg("--experimental-websocket");
+    }
+    let node_path = match std::env::var("NODE_PATH") {
+        Ok(p) if !p.is_empty() => format!("{p}:/usr/share/nodejs"),
+        _ => "/usr/share/nodejs".to_string(),
+    };
+    let out = cmd
+        .env("NODE_PATH", node_path)
+        .arg("--no-warnings")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("node is installed (scripts/need-node.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(ok_line),
+        "{script} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
 /// A fresh, empty folder for one test (on tmpfs when `shm`).
 pub fn temp_dir(tag: &str, shm: bool) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -78,19 +78,10 @@ impl Hub {
             return;
         };
         m.last_heard = m.last_heard.max(now.at);
-        let result = if !m.bucket.take(now.at, rate) {
-            Err(Reject::new(
-                "rate_limited",
-                format!("more than {rate} messages per second; this one was dropped"),
-            ))
-        } else if text.len() > max_frame {
-            Err(Reject::new(
-                "too_large",
-                format!("frame is {} bytes; the limit is {max_frame}", text.len()),
-            ))
-        } else {
-            self.signal_parse(conn, text, out)
-        };
+        let result = m
+            .bucket
+            .admit(now.at, rate, text.len(), max_frame)
+            .and_then(|()| self.signal_parse(conn, text, out));
         let Err(reject) = result else {
             return;
         };
