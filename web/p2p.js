@@ -74,6 +74,12 @@ export class P2P {
     conn.on('device_left', (m) => this.peerGone(m.device_id));
     conn.on('p2p_request_received', (m) => this.requested(m));
     conn.on('p2p_request_declined', (m) => this.declined(m.from));
+    // The box's own reply to a request: its id, so a request that times out unanswered
+    // (p2p_connection_failed with that id) ends the link that asked.
+    conn.on('p2p_request_sent', (m) => {
+      const link = this.links.get(m.to);
+      if (link && link.state === 'requested' && link.requestId == null) link.requestId = m.request_id;
+    });
     conn.on('p2p_connection_accepted', (m) => this.linkFor(m.to, m.request_id));
     conn.on('p2p_request_accepted', (m) => this.linkFor(m.from, m.request_id));
     conn.on('webrtc_handshake_start', (m) => this.handshake(m));

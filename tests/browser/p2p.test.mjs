@@ -51,9 +51,9 @@ async function boxBytesIn() {
 }
 
 /** Two devices with the transfer mode on P2P, each seeing the other in its P2P list. */
-async function twoP2PDevices() {
-  const a = await openApp(browser, box, { origin });
-  const b = await openApp(browser, box, { origin });
+async function twoP2PDevices(on = box, at = origin) {
+  const a = await openApp(browser, on, { origin: at });
+  const b = await openApp(browser, on, { origin: at });
   const idA = await a.page.evaluate(() => window.lanvan.me.id);
   const idB = await b.page.evaluate(() => window.lanvan.me.id);
   for (const { page } of [a, b]) {
@@ -179,6 +179,24 @@ test('P2P: a declined request leaves both on the server', { timeout: 60000 }, as
   await a.page.locator('#transfers li[data-state="done"][data-via="server"]').waitFor({ timeout: 10000 });
   await a.context.close();
   await b.context.close();
+});
+
+test('P2P: a request nobody answers times out: the prompt goes away and the asker is told', { timeout: 60000 }, async () => {
+  const quick = await startBox({ host: ADDR, settings: ['p2p.signal_timeout_secs=2'] });
+  try {
+    const { a, b, idB } = await twoP2PDevices(quick, `http://${ADDR}:${quick.port}`);
+    await a.page.click(`button[data-p2p-connect="${idB}"]`);
+    await b.page.locator('#p2p-request[open]').waitFor({ timeout: 10000 });
+    // Nobody answers: after the box's 2 s the prompt closes by itself.
+    await b.page.locator('#p2p-request:not([open])').waitFor({ state: 'attached', timeout: 10000 });
+    await a.page.locator(`li.p2p-peer[data-id="${idB}"][data-state="failed"]`).waitFor({ timeout: 5000 });
+    await a.page.locator('#toasts', { hasText: 'Files go through the box' }).waitFor({ timeout: 5000 });
+    assert.equal(await b.page.locator('#p2p-request').evaluate((d) => d.open), false);
+    await a.context.close();
+    await b.context.close();
+  } finally {
+    await quick.stop();
+  }
 });
 
 test('P2P: the direct path cut mid-transfer, the box continues from the confirmed chunk', { timeout: 180000 }, async () => {
