@@ -275,6 +275,23 @@ impl Clipboard {
     }
 }
 
+/// A text frame as a message: a JSON object with a string `type`, returned beside it. The
+/// same rule on `/ws` and `/signal`.
+fn parse_message(text: &str) -> Result<(Map<String, Value>, String), Reject> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Reject::new("bad_json", format!("frame is not valid JSON: {e}")))?;
+    let Value::Object(msg) = value else {
+        return Err(Reject::new("bad_json", "frame must be a JSON object"));
+    };
+    let Some(ty) = msg.get("type").and_then(Value::as_str).map(str::to_owned) else {
+        return Err(Reject::new(
+            "missing_type",
+            "message needs a string field `type`",
+        ));
+    };
+    Ok((msg, ty))
+}
+
 /// An error reply: `code` is machine-readable, `message` tells a human what to fix.
 #[derive(Debug)]
 struct Reject {
@@ -544,17 +561,8 @@ impl Hub {
         text: &str,
         out: &mut Vec<Output>,
     ) -> Result<(), Reject> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| Reject::new("bad_json", format!("frame is not valid JSON: {e}")))?;
-        let Value::Object(msg) = value else {
-            return Err(Reject::new("bad_json", "frame must be a JSON object"));
-        };
-        let Some(ty) = msg.get("type").and_then(Value::as_str) else {
-            return Err(Reject::new(
-                "missing_type",
-                "message needs a string field `type`",
-            ));
-        };
+        let (msg, ty) = parse_message(text)?;
+        let ty = ty.as_str();
         self.dispatch(now, conn, ty, &msg, out).map_err(|mut r| {
             r.ref_type = Some(ty.to_owned());
             r

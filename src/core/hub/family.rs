@@ -5,8 +5,8 @@
 //! bounded, and so are the sockets, by the shell's connection limit.
 
 use super::{
-    clean_label, frame, optional_str, required_str, send, ConnId, ErrorWindow, Hub, Now, Output,
-    Reject, TokenBucket,
+    clean_label, frame, optional_str, parse_message, required_str, send, ConnId, ErrorWindow, Hub,
+    Now, Output, Reject, TokenBucket,
 };
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -119,17 +119,8 @@ impl Hub {
         text: &str,
         out: &mut Vec<Output>,
     ) -> Result<(), Reject> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| Reject::new("bad_json", format!("frame is not valid JSON: {e}")))?;
-        let Value::Object(msg) = value else {
-            return Err(Reject::new("bad_json", "frame must be a JSON object"));
-        };
-        let Some(ty) = msg.get("type").and_then(Value::as_str) else {
-            return Err(Reject::new(
-                "missing_type",
-                "message needs a string field `type`",
-            ));
-        };
+        let (msg, ty) = parse_message(text)?;
+        let ty = ty.as_str();
         let result = match ty {
             "register" => self.on_register(conn, &msg, out),
             "offer" | "answer" | "ice-candidate" => self.on_family_signal(conn, ty, &msg, out),
