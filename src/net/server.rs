@@ -166,26 +166,13 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         .and_then(|s| s.get_ref().local_addr().ok())
         .map(|a| a.port());
     let ws = &cfg.ws;
-    let p = &cfg.p2p;
     let hub = Hub::new(HubLimits {
         max_devices: ws.max_devices,
         clipboard_max_bytes: ws.clipboard_max_bytes as usize,
         clipboard_history: ws.clipboard_history,
         heartbeat_timeout: Duration::from_secs(ws.heartbeat_timeout_secs),
         messages_per_sec: ws.messages_per_sec,
-        p2p: P2pLimits {
-            mode: p.mode,
-            stun_port,
-            chunk_size: cfg.relay.chunk_size,
-            signal_timeout: Duration::from_secs(p.signal_timeout_secs),
-            max_sessions_per_device: p.max_sessions_per_device,
-            max_pending_requests: p.max_pending_requests,
-            requests_per_minute: p.requests_per_minute,
-            max_sdp_bytes: p.max_sdp_bytes as usize,
-            max_candidate_bytes: p.max_candidate_bytes as usize,
-            max_families: p.max_families,
-            max_family_devices: p.max_family_devices,
-        },
+        p2p: P2pLimits::new(&cfg.p2p, stun_port, cfg.relay.chunk_size),
         ..HubLimits::default()
     });
     let app = Rc::new(App {

@@ -6,7 +6,7 @@
 use super::{
     duration_ms, frame, optional_str, required_str, send, ConnId, Hub, Now, Output, Reject,
 };
-use crate::config::P2pMode;
+use crate::config::{P2pConfig, P2pMode, RelayConfig};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -40,21 +40,30 @@ pub struct P2pLimits {
     pub max_family_devices: usize,
 }
 
-impl Default for P2pLimits {
-    fn default() -> Self {
+impl P2pLimits {
+    /// The limits from `[p2p]`, with the STUN port actually bound and the relay's chunk size.
+    pub fn new(cfg: &P2pConfig, stun_port: Option<u16>, chunk_size: u64) -> Self {
         P2pLimits {
-            mode: P2pMode::Hybrid,
-            stun_port: None,
-            chunk_size: 256 << 10,
-            signal_timeout: Duration::from_secs(60),
-            max_sessions_per_device: 8,
-            max_pending_requests: 4,
-            requests_per_minute: 30,
-            max_sdp_bytes: 32 * 1024,
-            max_candidate_bytes: 2048,
-            max_families: 64,
-            max_family_devices: 32,
+            mode: cfg.mode,
+            stun_port,
+            chunk_size,
+            signal_timeout: Duration::from_secs(cfg.signal_timeout_secs),
+            max_sessions_per_device: cfg.max_sessions_per_device,
+            max_pending_requests: cfg.max_pending_requests,
+            requests_per_minute: cfg.requests_per_minute,
+            max_sdp_bytes: cfg.max_sdp_bytes as usize,
+            max_candidate_bytes: cfg.max_candidate_bytes as usize,
+            max_families: cfg.max_families,
+            max_family_devices: cfg.max_family_devices,
         }
+    }
+}
+
+impl Default for P2pLimits {
+    /// The config's defaults, with no STUN and the relay's default chunk.
+    fn default() -> Self {
+        let chunk_size = RelayConfig::default().chunk_size;
+        P2pLimits::new(&P2pConfig::default(), None, chunk_size)
     }
 }
 
