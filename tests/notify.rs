@@ -182,14 +182,7 @@ fn status_tells_a_client_the_box_runs_under_systemd_with_its_watchdog() {
     let mut cmd = serve_under(&systemd, &systemd.dir.join("data"));
     cmd.env("INVOCATION_ID", "0123456789abcdef0123456789abcdef");
     let (mut child, log) = spawn_logged(&mut cmd);
-    let addr = loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the box starts");
-        if let Some(a) = line.split("listening on ").nth(1) {
-            break a.trim().parse().unwrap();
-        }
-    };
+    let addr = common::listening_addr(&log, 20).expect("the box starts");
     let status = common::Client::connect(addr)
         .send("GET", "/api/status", &[], b"")
         .json();
@@ -210,14 +203,7 @@ fn status_tells_a_client_the_box_runs_under_systemd_with_its_watchdog() {
         .env_remove("WATCHDOG_USEC")
         .env_remove("INVOCATION_ID");
     let (mut child, log) = spawn_logged(&mut cmd);
-    let addr = loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the box starts");
-        if let Some(a) = line.split("listening on ").nth(1) {
-            break a.trim().parse().unwrap();
-        }
-    };
+    let addr = common::listening_addr(&log, 20).expect("the box starts");
     let status = common::Client::connect(addr)
         .send("GET", "/api/status", &[], b"")
         .json();

@@ -318,14 +318,8 @@ fn the_termux_service_script_takes_a_wake_lock_and_runs_the_box() {
             let _ = tx.send(line);
         }
     });
-    let addr: SocketAddr = loop {
-        let line = log
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the service did not start the box");
-        if let Some(a) = line.split("listening on ").nth(1) {
-            break a.trim().parse().unwrap();
-        }
-    };
+    let addr: SocketAddr =
+        common::listening_addr(&log, 20).expect("the service did not start the box");
     assert!(marker.exists(), "termux-wake-lock was not run");
     // The box took the settings file and the Termux data folder.
     let status = Client::connect(addr).send("GET", "/api/status", &[], b"");

@@ -23,6 +23,20 @@ pub struct Lanvan {
     keep: bool,
 }
 
+/// The address from the box's `listening on` log line, read from `log` within `secs`;
+/// None when the box logs no such line in time (it failed to start).
+pub fn listening_addr(log: &mpsc::Receiver<String>, secs: u64) -> Option<SocketAddr> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let line = log
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()?;
+        if let Some(a) = line.split("listening on ").nth(1) {
+            return Some(a.trim().parse().expect("an address after `listening on`"));
+        }
+    }
+}
+
 /// Runs a Node script from `tests/web/` against the box and asserts it exits 0 having
 /// printed `ok_line`; its output is shown when it fails. Node 20 needs a flag for its
 /// WebSocket, Node 22 has one, and older Nodes use Debian's `ws` (scripts/need-node.sh).
@@ -142,17 +156,8 @@ impl Lanvan {
             }
         };
         let (mut child, log) = spawn_logged(cmd.env_remove("NOTIFY_SOCKET"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match log.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(a) = line.split("listening on ").nth(1) {
-                        break a.trim().parse().unwrap();
-                    }
-                }
-                Err(_) => panic!("lanvan did not start (status {:?})", child.try_wait()),
-            }
+        let Some(addr) = listening_addr(&log, 20) else {
+            panic!("lanvan did not start (status {:?})", child.try_wait())
         };
         Lanvan {
             child,
