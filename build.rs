@@ -1,6 +1,7 @@
 //! Embeds every file under `web/` into the binary: writes `$OUT_DIR/web_files.rs`, a table
 //! of (path, bytes, content type, ETag) that `net::web` serves. Hidden files are skipped.
-//! Cargo reruns this when anything under `web/` changes.
+//! Cargo reruns this when anything under `web/` changes. The table names files relative to
+//! `CARGO_MANIFEST_DIR`, so a target dir shared by two checkouts never embeds the other's.
 
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
@@ -31,8 +32,8 @@ fn main() {
             .collect();
         writeln!(
             out,
-            "    WebFile {{ path: {rel:?}, bytes: include_bytes!({:?}), content_type: {:?}, etag: \"\\\"{etag}\\\"\" }},",
-            path.display().to_string(),
+            "    WebFile {{ path: {rel:?}, bytes: include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), {:?})), content_type: {:?}, etag: \"\\\"{etag}\\\"\" }},",
+            format!("/web/{rel}"),
             content_type(&rel),
         )
         .unwrap();
