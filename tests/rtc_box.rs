@@ -35,7 +35,17 @@ impl Client {
 
     /// Sends `rtc_offer` for `session` and returns the box's reply (answer or error).
     fn offer(&mut self, session: &str) -> (Option<PeerId>, Value) {
+        self.offer_with(session, |sdp| sdp)
+    }
+
+    /// Like `offer`, with the offer SDP changed by `edit` on the way.
+    fn offer_with(
+        &mut self,
+        session: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> (Option<PeerId>, Value) {
         let (id, sdp) = self.host.offer().unwrap();
+        let sdp = edit(sdp);
         send_json(
             &mut self.ws,
             json!({"type": "rtc_offer", "session": session, "sdp": sdp}),
@@ -146,6 +156,41 @@ fn the_box_answers_an_offer_and_speaks_the_chunk_protocol_on_the_channel() {
     assert_eq!(closed["session"], "s1");
     assert_eq!(closed["reason"], "closed");
     assert!(common::wait_for(5, || lv.status()["box_peers"] == 0));
+}
+
+#[test]
+fn a_browser_style_offer_with_only_mdns_candidates_connects_through_peer_reflexive_checks() {
+    let lv = Lanvan::start("rtc-box-mdns", &[]);
+    let mut c = Client::new(&lv, "like-chromium");
+    // Chromium hides its address behind a `.local` name, in the SDP and in the trickle:
+    // the box can read neither, and learns the address from the client's STUN checks.
+    let mdns = "candidate:1 1 udp 2122260223 3f1c2b5e-8d2a-4b7e-9c1d-0a1b2c3d4e5f.local 54321 typ host generation 0";
+    let (peer, answer) = c.offer_with("m", |sdp| {
+        let kept: Vec<&str> = sdp
+            .split("\r\n")
+            .filter(|l| !l.starts_with("a=candidate"))
+            .collect();
+        let sdp = kept.join("\r\n");
+        assert!(
+            !sdp.contains("127.0.0.1 "),
+            "the client's address is still in the offer"
+        );
+        sdp.replacen("a=mid:", &format!("a={mdns}\r\na=mid:"), 1)
+    });
+    let peer = peer.unwrap_or_else(|| panic!("the box refused: {answer}"));
+    for candidate in [
+        json!(mdns),
+        json!({"candidate": mdns, "sdpMid": "0", "sdpMLineIndex": 0}),
+        json!(""),
+        Value::Null,
+    ] {
+        send_json(
+            &mut c.ws,
+            json!({"type": "rtc_candidate", "session": "m", "candidate": candidate}),
+        );
+    }
+    let unknown = talk(&c, peer);
+    assert_eq!(unknown["code"], "not_found");
 }
 
 #[test]
