@@ -18,6 +18,12 @@ pub(crate) struct OutboundQueue {
     inflight: PayloadQueue,
     next_message_id: u64,
     next_unstarted_message_id: u64,
+    /// A lower bound on the deadline of every in-flight chunk that
+    /// `expired_inflight` may ever report, or `None` when there is no such
+    /// chunk. Reliable and retransmit-limited messages have no deadline, so
+    /// they never make `expired_inflight` walk the flight queue, which it is
+    /// asked to do several times per transmit poll.
+    inflight_deadline: Option<Instant>,
 }
 
 impl OutboundQueue {
@@ -83,6 +89,12 @@ impl OutboundQueue {
         *next_tsn = next_tsn.wrapping_add(1);
         chunk.since = Some(now);
         chunk.nsent = 1;
+        if let Some(deadline) = chunk.deadline {
+            self.inflight_deadline = Some(
+                self.inflight_deadline
+                    .map_or(deadline, |earliest| earliest.min(deadline)),
+            );
+        }
         self.inflight.push_no_check(chunk.clone());
         Some(chunk)
     }
@@ -169,19 +181,41 @@ impl OutboundQueue {
     /// Expired messages with outstanding DATA or an unsent tail. Fully delivered
     /// messages are excluded. Collect before abandonment mutates the queues so
     /// expiry is independent of send limits.
-    pub(crate) fn expired_inflight(&self, now: Instant) -> Vec<u32> {
-        self.inflight
-            .sorted
-            .iter()
-            .copied()
-            .filter(|tsn| {
-                self.inflight.get(*tsn).is_some_and(|c| {
-                    !c.abandoned
-                        && c.deadline.is_some_and(|deadline| now >= deadline)
-                        && (!c.acked || self.pending.contains_message(c.message_id))
-                })
-            })
-            .collect()
+    ///
+    /// Returns at once unless some in-flight chunk's deadline has passed, and
+    /// otherwise walks the flight queue once, also finding the next deadline.
+    /// A chunk that is abandoned, has no deadline, or is acknowledged after
+    /// its whole message left the pending queue can never be reported again
+    /// (nothing clears those flags, and message IDs are never reused), so it
+    /// does not hold the next deadline back.
+    pub(crate) fn expired_inflight(&mut self, now: Instant) -> Vec<u32> {
+        if !self
+            .inflight_deadline
+            .is_some_and(|earliest| now >= earliest)
+        {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for &tsn in &self.inflight.sorted {
+            let Some(c) = self.inflight.get(tsn) else {
+                continue;
+            };
+            let Some(deadline) = c.deadline else {
+                continue;
+            };
+            if c.abandoned || (c.acked && !self.pending.contains_message(c.message_id)) {
+                continue;
+            }
+            if now >= deadline {
+                expired.push(tsn);
+            }
+            // A reported chunk counts too: it stays due until its caller
+            // abandons it.
+            next = Some(next.map_or(deadline, |n| n.min(deadline)));
+        }
+        self.inflight_deadline = next;
+        expired
     }
 
     pub(crate) fn mark_all_to_retransmit(&mut self) {
