@@ -3506,6 +3506,45 @@ fn test_data_retransmission_wraps_tsn() -> Result<()> {
 }
 
 #[test]
+fn test_data_retransmission_walk_is_skipped_only_when_nothing_is_marked() -> Result<()> {
+    let now = Instant::now();
+    for cumulative_tsn in [10, u32::MAX - 1] {
+        let mut a = association_with_inflight_data(cumulative_tsn, now);
+        let tsn = |offset: u32| cumulative_tsn.wrapping_add(offset);
+        // Nothing marked yet: nothing to retransmit.
+        assert!(!a.outbound_queue.may_retransmit());
+        assert!(a.get_data_packets_to_retransmit(now).is_empty());
+
+        // The window takes one chunk per poll: the marks left behind must
+        // still be found by later polls.
+        a.on_retransmission_timeout(Timer::T3RTX, 1);
+        a.cwnd = 10;
+        let packets = a.get_data_packets_to_retransmit(now);
+        assert_eq!(packets.len(), 1);
+        assert_retransmitted_packet(&packets[0], &[tsn(1)]);
+        assert!(a.outbound_queue.may_retransmit());
+        a.cwnd = 1400;
+        let packets = a.get_data_packets_to_retransmit(now);
+        assert_eq!(packets.len(), 1);
+        assert_retransmitted_packet(&packets[0], &[tsn(2), tsn(3)]);
+        // Every chunk was seen and none is marked any more.
+        assert!(!a.outbound_queue.may_retransmit());
+        assert!(a.get_data_packets_to_retransmit(now).is_empty());
+
+        // A second timeout marks them again.
+        a.on_retransmission_timeout(Timer::T3RTX, 2);
+        let packets = a.get_data_packets_to_retransmit(now);
+        assert_eq!(packets.len(), 1);
+        assert_retransmitted_packet(&packets[0], &[tsn(1), tsn(2), tsn(3)]);
+        for offset in 1..=3 {
+            assert_eq!(a.outbound_queue.get(tsn(offset)).unwrap().nsent, 3);
+        }
+        assert!(!a.outbound_queue.may_retransmit());
+    }
+    Ok(())
+}
+
+#[test]
 fn test_poll_transmit_at_tsn_wraparound() {
     let mut a = Association {
         state: AssociationState::Established,

@@ -3946,10 +3946,17 @@ impl Association {
     /// or abandoned yet.
     fn get_data_packets_to_retransmit(&mut self, now: Instant) -> Vec<Packet> {
         self.expire_inflight_messages(now);
+        // Only a T3-rtx timeout marks chunks. Without one the walk below finds
+        // nothing, after visiting every chunk in flight on every poll.
+        if !self.outbound_queue.may_retransmit() {
+            return vec![];
+        }
         let awnd = core::cmp::min(self.cwnd, self.rwnd);
         let mut chunks: Vec<ChunkPayloadData> = vec![];
         let mut bytes_to_send = 0;
         let mut done = false;
+        let mut walked_to_end = false;
+        let mut visited = 0;
         let mut i = 0;
         while !done {
             let tsn = self
@@ -3957,6 +3964,7 @@ impl Association {
                 .wrapping_add(i)
                 .wrapping_add(1);
             if let Some(c) = self.outbound_queue.get(tsn) {
+                visited += 1;
                 if !c.retransmit {
                     i += 1;
                     continue;
@@ -3979,6 +3987,7 @@ impl Association {
 
                 bytes_to_send += c.user_data.len();
             } else {
+                walked_to_end = true;
                 break; // end of pending data
             }
 
@@ -4000,6 +4009,9 @@ impl Association {
             c.retransmit = false;
             c.nsent += 1;
             chunk.nsent = c.nsent;
+        }
+        if walked_to_end && visited == self.outbound_queue.inflight_len() {
+            self.outbound_queue.retransmit_walked();
         }
         self.bundle_data_chunks_into_packets(chunks)
     }

@@ -24,6 +24,10 @@ pub(crate) struct OutboundQueue {
     /// they never make `expired_inflight` walk the flight queue, which it is
     /// asked to do several times per transmit poll.
     inflight_deadline: Option<Instant>,
+    /// Whether an in-flight chunk may be marked for retransmission. Set when
+    /// chunks are marked (a T3-rtx timeout), cleared once a retransmission walk
+    /// has seen every in-flight chunk, so most transmit polls skip that walk.
+    retransmit_marked: bool,
 }
 
 impl OutboundQueue {
@@ -220,6 +224,18 @@ impl OutboundQueue {
 
     pub(crate) fn mark_all_to_retransmit(&mut self) {
         self.inflight.mark_all_to_retransmit();
+        self.retransmit_marked = true;
+    }
+
+    /// False when no in-flight chunk is marked for retransmission.
+    pub(crate) fn may_retransmit(&self) -> bool {
+        self.retransmit_marked
+    }
+
+    /// The caller walked every in-flight chunk and unmarked each marked one
+    /// (retransmitted or abandoned it). Only `mark_all_to_retransmit` marks.
+    pub(crate) fn retransmit_walked(&mut self) {
+        self.retransmit_marked = false;
     }
 
     pub(crate) fn pending_contains_stream(&self, stream: u16) -> bool {
