@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# WebRTC data channels, measured (see docs/benchmarks.md, "WebRTC data channels (issue 8)"):
+#
+#   bash benches/rtc.sh          (BENCH_RTC_MIB=100 BENCH_RTC_REPS=3 by default)
+#
+# 1. In process, no network: benches/rtc_inproc.rs (two str0m peers, virtual clock) with
+#    and without the sctp-proto patch: the sender's and receiver's ms per MiB.
+# 2. Against headless Chromium inside a network namespace of its own (scripts/netns-lan.sh):
+#    the box's str0m peer (benches/rtc_peer.rs) sends to and receives from a page, MB/s and
+#    its CPU ms per MiB from /proc, with and without the patch, alternating, in one run.
+# "Without" is built from a temporary copy of this tree minus the [patch.crates-io] stanza,
+# in its own target dir (${CARGO_TARGET_DIR}-unpatched, seeded from this one's release dir).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lanvan-target}"
+export PATH="$HOME/.cargo/bin:$PATH"
+log() { printf '[rtc-bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+bash scripts/need-browser.sh >&2
+
+log "building the patched peer and benchmark (release) into $CARGO_TARGET_DIR"
+cargo build --release --quiet --example rtc_peer --example rtc_bench >&2
+WORK="$(mktemp -d /tmp/lanvan-rtc-bench-XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/after" "$WORK/before" "$WORK/tree"
+cp "$CARGO_TARGET_DIR/release/examples/rtc_peer" "$CARGO_TARGET_DIR/release/examples/rtc_bench" "$WORK/after/"
+
+log "building the same tree without [patch.crates-io] (sctp-proto 0.10.8 as published)"
+git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$WORK/tree"
+sed -i '/^\[patch\.crates-io\]$/d; /^sctp-proto = { path = "src\/vendor\/sctp-proto" }$/d' "$WORK/tree/Cargo.toml"
+if grep -q 'src/vendor/sctp-proto' "$WORK/tree/Cargo.toml"; then
+    log "ERROR: could not remove the patch stanza"; exit 1
+fi
+UNPATCHED="${CARGO_TARGET_DIR}-unpatched"
+if [ ! -d "$UNPATCHED/release" ]; then
+    mkdir -p "$UNPATCHED" && cp -a "$CARGO_TARGET_DIR/release" "$UNPATCHED/"
+fi
+(cd "$WORK/tree" && CARGO_TARGET_DIR="$UNPATCHED" cargo build --release --quiet --example rtc_peer --example rtc_bench >&2)
+grep -A2 '^name = "sctp-proto"' "$WORK/tree/Cargo.lock" | grep -q 'source = "registry' \
+    || { log "ERROR: the unpatched build did not use sctp-proto from crates.io"; exit 1; }
+cp "$UNPATCHED/release/examples/rtc_peer" "$UNPATCHED/release/examples/rtc_bench" "$WORK/before/"
+
+echo "command: bash benches/rtc.sh${*:+ $*}  (BENCH_RTC_MIB=${BENCH_RTC_MIB:-100} BENCH_RTC_REPS=${BENCH_RTC_REPS:-3}), commit $(git rev-parse --short HEAD)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(/usr/bin/chromium --version 2>/dev/null | head -1)"
+
+echo
+echo "In process (benches/rtc_inproc.rs: 64 MiB, 1 MiB send buffer, 250 us one-way, virtual clock; wall ms inside each side's calls):"
+echo
+echo "| sctp-proto | sender ms/MiB | receiver ms/MiB | MB/s (both sides on one core) |"
+echo "|---|---|---|---|"
+for v in before after; do
+    j="$("$WORK/$v/rtc_bench" --mib 64)"
+    label=$([ $v = before ] && echo "0.10.8 as published" || echo "0.10.8 + patches")
+    python3 -c 'import json,sys; j=json.loads(sys.argv[1]); assert j["forward_tsn"]; print("| %s | %.1f | %.1f | %.1f |" % (sys.argv[2], j["sender_ms_per_mib"], j["receiver_ms_per_mib"], j["mb_per_s"]))' "$j" "$label"
+done
+
+RTC_PEER_BEFORE="$WORK/before/rtc_peer" RTC_PEER_AFTER="$WORK/after/rtc_peer" \
+    bash scripts/netns-lan.sh node benches/rtc.mjs
