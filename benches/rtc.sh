@@ -28,7 +28,7 @@ cp "$CARGO_TARGET_DIR/release/examples/rtc_peer" "$CARGO_TARGET_DIR/release/exam
 log "building the same tree without [patch.crates-io] (sctp-proto 0.10.8 as published)"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$WORK/tree"
 sed -i '/^\[patch\.crates-io\]$/d; /^sctp-proto = { path = "src\/vendor\/sctp-proto" }$/d' "$WORK/tree/Cargo.toml"
-if grep -q 'src/vendor/sctp-proto' "$WORK/tree/Cargo.toml"; then
+if grep -q '^\[patch\.crates-io\]\|path = "src/vendor/sctp-proto"' "$WORK/tree/Cargo.toml"; then
     log "ERROR: could not remove the patch stanza"; exit 1
 fi
 UNPATCHED="${CARGO_TARGET_DIR}-unpatched"
