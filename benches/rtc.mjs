@@ -3,9 +3,12 @@
 // built twice, with and without the sctp-proto patch, in one run; MB/s both ways and the
 // str0m process's CPU ms per MiB. Prints a Markdown table on stdout; never leaves the namespace.
 
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
+import { readFileSync, rmSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { launch } from '../tests/browser/harness.mjs';
+import { launch, makeFile, tempDir } from '../tests/browser/harness.mjs';
 
 const MiB = 1 << 20;
 const ADDR = process.env.LANVAN_LAN_ADDR;
@@ -13,6 +16,7 @@ if (!ADDR) throw new Error('run through benches/rtc.sh (it needs its own network
 const SIZE = Number(process.env.BENCH_RTC_MIB || 100) * MiB;
 const REPS = Number(process.env.BENCH_RTC_REPS || 3);
 const VARIANTS = { before: process.env.RTC_PEER_BEFORE, after: process.env.RTC_PEER_AFTER };
+const BOXES = { before: process.env.LANVAN_BIN_BEFORE, after: process.env.LANVAN_BIN_AFTER };
 for (const [k, v] of Object.entries(VARIANTS)) if (!v) throw new Error(`RTC_PEER_${k.toUpperCase()} is not set`);
 
 const browser = await launch();
@@ -130,4 +134,141 @@ console.log(`| send MB/s / receive MB/s | ${(m('before', 'send', 'mbs') / m('bef
 console.log(`| send CPU / receive CPU (per MiB) | ${(m('before', 'send', 'cpu') / m('before', 'recv', 'cpu')).toFixed(2)} | ${(m('after', 'send', 'cpu') / m('after', 'recv', 'cpu')).toFixed(2)} |`);
 console.log(`| after / before, send MB/s | | ${(m('after', 'send', 'mbs') / m('before', 'send', 'mbs')).toFixed(2)} |`);
 console.log(`| after / before, send CPU per MiB | | ${(m('after', 'send', 'cpu') / m('before', 'send', 'cpu')).toFixed(2)} |`);
+
+// ---- The real box as a source (SPEC8 §3, §4): a page fetches a stored file's chunks from the
+// box over `lanvan-chunks`; MB/s and the box process's CPU ms per MiB from /proc/PID/stat.
+const HZ = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
+const cpuMs = (pid) => {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return ((Number(f[11]) + Number(f[12])) * 1000) / HZ;
+};
+
+function startBox(bin) {
+  const dataDir = mkdtempSync(join(tmpdir(), 'lanvan-rtc-bench-'));
+  const proc = spawn(bin, ['serve', '--listen', `${ADDR}:0`, '--data-dir', dataDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  return new Promise((res, rej) => {
+    const t = setTimeout(() => rej(new Error(`box did not start:\n${log}`)), 20000);
+    proc.stderr.on('data', (d) => {
+      log += d;
+      const m = /listening on (\S+)\r?\n/.exec(log);
+      if (m && t) { clearTimeout(t); res({ proc, dataDir, port: Number(m[1].split(':').pop()) }); }
+    });
+  });
+}
+
+/** One download of `name` from the box over the chunk protocol, in the page; ms or an error text. */
+async function fetchFromBox(port, name) {
+  const boxPage = await context.newPage();
+  await boxPage.goto(`http://${ADDR}:${port}/api/status`);
+  try {
+    return await boxPage.evaluate(async (fileName) => {
+      const r = await fetch(`/api/files/${encodeURIComponent(fileName)}/manifest`);
+      if (!r.ok) return { error: `GET manifest: HTTP ${r.status} ${await r.text()}` };
+      const man = await r.json();
+      const id = `rtcbench${Math.random().toString(36).slice(2, 10)}`;
+      const ws = new WebSocket(`ws://${location.host}/ws/${id}?name=rtc-bench&kind=laptop`);
+      const wsMsgs = [];
+      let wsWake = null;
+      ws.onmessage = (e) => { wsMsgs.push(JSON.parse(e.data)); if (wsWake) wsWake(); };
+      const wsNext = async (pred) => {
+        for (;;) {
+          const i = wsMsgs.findIndex(pred);
+          if (i >= 0) return wsMsgs.splice(i, 1)[0];
+          await new Promise((res) => { wsWake = res; });
+        }
+      };
+      await new Promise((res) => { ws.onopen = res; });
+      const pc = new RTCPeerConnection();
+      const dc = pc.createDataChannel('lanvan-chunks');
+      dc.binaryType = 'arraybuffer';
+      const session = 'bench';
+      pc.onicecandidate = (e) => ws.send(JSON.stringify({ type: 'rtc_candidate', session, candidate: e.candidate ? e.candidate.toJSON() : null }));
+      await pc.setLocalDescription(await pc.createOffer());
+      ws.send(JSON.stringify({ type: 'rtc_offer', session, sdp: pc.localDescription.sdp }));
+      const ans = await wsNext((m) => m.type === 'rtc_answer' || m.type === 'error');
+      if (ans.type === 'error') return { error: `rtc_offer: ${ans.code}` };
+      await pc.setRemoteDescription({ type: 'answer', sdp: ans.sdp });
+      const opened = await new Promise((res) => { dc.onopen = () => res(true); setTimeout(() => res(false), 30000); });
+      if (!opened) return { error: 'the lanvan-chunks channel to the box did not open in 30 s' };
+      const texts = [];
+      let wake = null;
+      const n = man.chunks.length;
+      const have = new Array(n).fill(0);
+      let next = 0; let done = 0; let outstanding = 0; let failed = null; let t0 = 0;
+      let max = 1;
+      const finished = new Promise((res) => { wake = res; });
+      const request = () => {
+        while (outstanding < max && next < n) {
+          dc.send(JSON.stringify({ t: 'request_chunk', manifest: man.manifest, index: next, hash: man.chunks[next] }));
+          next += 1; outstanding += 1;
+        }
+      };
+      dc.onmessage = (e) => {
+        if (typeof e.data === 'string') {
+          const m = JSON.parse(e.data);
+          texts.push(m);
+          if (m.t === 'hello') { max = Math.max(1, Math.min(m.max_requests || 16, 16)); t0 = performance.now(); request(); }
+          if (m.t === 'error') { failed = `${m.code}: ${m.message}`; wake(); }
+          return;
+        }
+        const v = new DataView(e.data);
+        const index = v.getUint32(4); const len = v.getUint32(12);
+        have[index] += e.data.byteLength - 48;
+        if (have[index] === len) {
+          done += 1; outstanding -= 1;
+          if (done === n) wake(); else request();
+        }
+      };
+      dc.onclose = () => { failed ||= 'the box closed the channel'; wake(); };
+      setTimeout(() => { failed ||= 'no complete download in 10 minutes'; wake(); }, 600000);
+      dc.send(JSON.stringify({ t: 'hello', id, name: 'rtc-bench', role: 'browser', max_requests: 16 }));
+      await finished;
+      const ms = performance.now() - t0;
+      pc.close(); ws.close();
+      return failed ? { error: failed } : { ms, bytes: man.size };
+    }, name);
+  } finally {
+    await boxPage.close();
+  }
+}
+
+const boxRuns = { before: [], after: [] };
+let boxMissing = null;
+if (!BOXES.before || !BOXES.after) boxMissing = 'LANVAN_BIN_BEFORE / LANVAN_BIN_AFTER not set';
+const dir = tempDir('rtc-bench');
+const file = makeFile(dir, 'rtc-bench.bin', SIZE, 4321);
+for (let i = 0; i < REPS && !boxMissing; i++) {
+  const order = i % 2 ? ['after', 'before'] : ['before', 'after'];
+  for (const v of order) {
+    const box = await startBox(BOXES[v]);
+    try {
+      execFileSync('python3', ['benches/upload_client.py', '--host', ADDR, '--port', String(box.port), '--file', file.path, '--name', 'rtc-bench.bin'], { stdio: ['ignore', 'ignore', 'inherit'] });
+      // The manifest is computed on first request; do that outside the measurement.
+      await fetch(`http://${ADDR}:${box.port}/api/files/rtc-bench.bin/manifest`);
+      const cpu0 = cpuMs(box.proc.pid);
+      const r = await fetchFromBox(box.port, 'rtc-bench.bin');
+      const cpu = cpuMs(box.proc.pid) - cpu0;
+      if (r.error) { boxMissing = r.error; break; }
+      boxRuns[v].push({ mbs: r.bytes / 1e6 / (r.ms / 1000), cpu: cpu / (r.bytes / MiB) });
+      console.error(`[rtc-bench] box round ${i + 1} ${v}: ${boxRuns[v].at(-1).mbs.toFixed(1)} MB/s, box ${boxRuns[v].at(-1).cpu.toFixed(1)} ms/MiB`);
+    } finally {
+      box.proc.kill('SIGKILL');
+      rmSync(box.dataDir, { recursive: true, force: true });
+    }
+  }
+}
+rmSync(dir, { recursive: true, force: true });
+console.log(`\nThe box as a source: a Chromium page fetches a ${SIZE / MiB} MiB stored file's chunks from the box over lanvan-chunks (16 requests outstanding), box CPU from /proc\n`);
+if (boxMissing) {
+  console.log(`Not measured: ${boxMissing}`);
+} else {
+  console.log('| sctp-proto | box -> Chromium MB/s | box CPU ms/MiB |');
+  console.log('|---|---|---|');
+  for (const v of ['before', 'after']) {
+    const mm = (k) => med(boxRuns[v].map((r) => r[k]));
+    const aa = (k) => boxRuns[v].map((r) => r[k].toFixed(1)).join(', ');
+    console.log(`| ${v === 'before' ? '0.10.8 as published' : '0.10.8 + patches'} | ${mm('mbs').toFixed(1)} (${aa('mbs')}) | ${mm('cpu').toFixed(1)} (${aa('cpu')}) |`);
+  }
+}
 await browser.close();

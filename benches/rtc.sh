@@ -7,7 +7,9 @@
 #    and without the sctp-proto patch: the sender's and receiver's ms per MiB.
 # 2. Against headless Chromium inside a network namespace of its own (scripts/netns-lan.sh):
 #    the box's str0m peer (benches/rtc_peer.rs) sends to and receives from a page, MB/s and
-#    its CPU ms per MiB from /proc, with and without the patch, alternating, in one run.
+#    its CPU ms per MiB from /proc, with and without the patch, alternating, in one run;
+#    then the real box (both builds) as a chunk source for a page (SPEC8 §3-4), box CPU
+#    from /proc; it says "Not measured" and why when the box cannot serve chunks yet.
 # "Without" is built from a temporary copy of this tree minus the [patch.crates-io] stanza,
 # in its own target dir (${CARGO_TARGET_DIR}-unpatched, seeded from this one's release dir).
 set -euo pipefail
@@ -19,11 +21,11 @@ log() { printf '[rtc-bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 bash scripts/need-browser.sh >&2
 
 log "building the patched peer and benchmark (release) into $CARGO_TARGET_DIR"
-cargo build --release --quiet --example rtc_peer --example rtc_bench >&2
+cargo build --release --quiet --bin lanvan --example rtc_peer --example rtc_bench >&2
 WORK="$(mktemp -d /tmp/lanvan-rtc-bench-XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/after" "$WORK/before" "$WORK/tree"
-cp "$CARGO_TARGET_DIR/release/examples/rtc_peer" "$CARGO_TARGET_DIR/release/examples/rtc_bench" "$WORK/after/"
+cp "$CARGO_TARGET_DIR/release/lanvan" "$CARGO_TARGET_DIR/release/examples/rtc_peer" "$CARGO_TARGET_DIR/release/examples/rtc_bench" "$WORK/after/"
 
 log "building the same tree without [patch.crates-io] (sctp-proto 0.10.8 as published)"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$WORK/tree"
@@ -35,10 +37,10 @@ UNPATCHED="${CARGO_TARGET_DIR}-unpatched"
 if [ ! -d "$UNPATCHED/release" ]; then
     mkdir -p "$UNPATCHED" && cp -a "$CARGO_TARGET_DIR/release" "$UNPATCHED/"
 fi
-(cd "$WORK/tree" && CARGO_TARGET_DIR="$UNPATCHED" cargo build --release --quiet --example rtc_peer --example rtc_bench >&2)
+(cd "$WORK/tree" && CARGO_TARGET_DIR="$UNPATCHED" cargo build --release --quiet --bin lanvan --example rtc_peer --example rtc_bench >&2)
 grep -A2 '^name = "sctp-proto"' "$WORK/tree/Cargo.lock" | grep -q 'source = "registry' \
     || { log "ERROR: the unpatched build did not use sctp-proto from crates.io"; exit 1; }
-cp "$UNPATCHED/release/examples/rtc_peer" "$UNPATCHED/release/examples/rtc_bench" "$WORK/before/"
+cp "$UNPATCHED/release/lanvan" "$UNPATCHED/release/examples/rtc_peer" "$UNPATCHED/release/examples/rtc_bench" "$WORK/before/"
 
 echo "command: bash benches/rtc.sh${*:+ $*}  (BENCH_RTC_MIB=${BENCH_RTC_MIB:-100} BENCH_RTC_REPS=${BENCH_RTC_REPS:-3}), commit $(git rev-parse --short HEAD)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(/usr/bin/chromium --version 2>/dev/null | head -1)"
@@ -55,4 +57,5 @@ for v in before after; do
 done
 
 RTC_PEER_BEFORE="$WORK/before/rtc_peer" RTC_PEER_AFTER="$WORK/after/rtc_peer" \
+    LANVAN_BIN_BEFORE="$WORK/before/lanvan" LANVAN_BIN_AFTER="$WORK/after/lanvan" \
     bash scripts/netns-lan.sh node benches/rtc.mjs
