@@ -63,9 +63,17 @@ async function connect(bin, mode) {
   return { proc, next };
 }
 
+/** UDP datagrams this namespace dropped for a full receive buffer so far (/proc/net/snmp). */
+const udpDrops = () => {
+  const lines = readFileSync('/proc/net/snmp', 'utf8').split('\n').filter((l) => l.startsWith('Udp:'));
+  const [names, values] = lines.map((l) => l.split(/\s+/));
+  return Number(values[names.indexOf('RcvbufErrors')]);
+};
+
 /** str0m sends SIZE bytes to the page: page-measured seconds, peer CPU. */
 async function toBrowser(bin) {
   const { proc, next } = await connect(bin, '--send');
+  const drops0 = udpDrops();
   const ms = await page.evaluate((size) => new Promise((res) => {
     const { dc } = window.bench;
     let got = 0;
@@ -75,12 +83,13 @@ async function toBrowser(bin) {
   }), SIZE);
   const done = await next();
   proc.kill();
-  return { mbs: SIZE / 1e6 / (ms / 1000), cpu: done.cpu_ms / (SIZE / MiB) };
+  return { mbs: SIZE / 1e6 / (ms / 1000), cpu: done.cpu_ms / (SIZE / MiB), drops: udpDrops() - drops0 };
 }
 
 /** The page sends SIZE bytes to str0m (64 KiB pieces, 4 MiB buffered at most). */
 async function fromBrowser(bin) {
   const { proc, next } = await connect(bin, '--receive');
+  const drops0 = udpDrops();
   const ms = await page.evaluate((size) => new Promise((res) => {
     const { dc } = window.bench;
     const piece = new Uint8Array(65536 + 48);
@@ -101,7 +110,7 @@ async function fromBrowser(bin) {
   const done = await next();
   proc.kill();
   if (done.bytes !== SIZE) throw new Error(`str0m received ${done.bytes} of ${SIZE}`);
-  return { mbs: SIZE / 1e6 / (ms / 1000), cpu: done.cpu_ms / (SIZE / MiB) };
+  return { mbs: SIZE / 1e6 / (ms / 1000), cpu: done.cpu_ms / (SIZE / MiB), drops: udpDrops() - drops0 };
 }
 
 const runs = { before: { send: [], recv: [] }, after: { send: [], recv: [] } };
@@ -111,7 +120,7 @@ for (let i = 0; i < REPS; i++) {
   for (const v of order) {
     runs[v].send.push(await toBrowser(VARIANTS[v]));
     runs[v].recv.push(await fromBrowser(VARIANTS[v]));
-    console.error(`[rtc-bench] round ${i + 1} ${v}: send ${runs[v].send.at(-1).mbs.toFixed(1)} MB/s ${runs[v].send.at(-1).cpu.toFixed(1)} ms/MiB, receive ${runs[v].recv.at(-1).mbs.toFixed(1)} MB/s ${runs[v].recv.at(-1).cpu.toFixed(1)} ms/MiB`);
+    console.error(`[rtc-bench] round ${i + 1} ${v}: send ${runs[v].send.at(-1).mbs.toFixed(1)} MB/s ${runs[v].send.at(-1).cpu.toFixed(1)} ms/MiB ${runs[v].send.at(-1).drops} UDP drops, receive ${runs[v].recv.at(-1).mbs.toFixed(1)} MB/s ${runs[v].recv.at(-1).cpu.toFixed(1)} ms/MiB ${runs[v].recv.at(-1).drops} UDP drops`);
   }
 }
 
@@ -119,12 +128,12 @@ const med = (xs) => { const v = [...xs].sort((a, b) => a - b); return v[Math.flo
 const m = (v, dir, k) => med(runs[v][dir].map((r) => r[k]));
 const all = (v, dir, k) => runs[v][dir].map((r) => r[k].toFixed(1)).join(', ');
 console.log(`\nstr0m peer (lanvan::core::peer, 1 MiB send buffer) <-> Chromium, ${SIZE / MiB} MiB per transfer, 64 KiB pieces, ${REPS} rounds (median; every round in brackets)\n`);
-console.log('| direction | sctp-proto | MB/s | str0m CPU ms/MiB |');
-console.log('|---|---|---|---|');
+console.log('| direction | sctp-proto | MB/s | str0m CPU ms/MiB | UDP receive-buffer drops |');
+console.log('|---|---|---|---|---|');
 for (const [dir, name] of [['send', 'str0m -> Chromium'], ['recv', 'Chromium -> str0m']]) {
   for (const v of ['before', 'after']) {
     const label = v === 'before' ? '0.10.8 as published' : '0.10.8 + patches';
-    console.log(`| ${name} | ${label} | ${m(v, dir, 'mbs').toFixed(1)} (${all(v, dir, 'mbs')}) | ${m(v, dir, 'cpu').toFixed(1)} (${all(v, dir, 'cpu')}) |`);
+    console.log(`| ${name} | ${label} | ${m(v, dir, 'mbs').toFixed(1)} (${all(v, dir, 'mbs')}) | ${m(v, dir, 'cpu').toFixed(1)} (${all(v, dir, 'cpu')}) | ${runs[v][dir].map((r) => r.drops).join(', ')} |`);
   }
 }
 console.log('');
