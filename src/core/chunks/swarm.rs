@@ -18,7 +18,8 @@ pub struct SourceId(pub u64);
 pub const DEFAULT_MAX_REQUESTS: usize = 4;
 /// Most requests outstanding at one source, whatever its `hello` says.
 pub const MAX_REQUESTS_CAP: usize = 64;
-/// A source with requests outstanding that sends nothing for this long is dropped.
+/// A source with requests outstanding that sends nothing for this long is dropped, and so
+/// is one that does not answer its `query` within it.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why a source was dropped.
@@ -30,7 +31,8 @@ pub enum DropReason {
     Protocol,
     /// It does not have the manifest.
     NotFound,
-    /// It had requests outstanding and sent nothing for the stall timeout.
+    /// It had requests outstanding and sent nothing for the stall timeout, or never
+    /// answered the `query` within it.
     Stalled,
     /// It told us `bad_data`: it is dropping us.
     Refused,
@@ -92,6 +94,13 @@ struct Source {
     /// Last time it sent a piece, or was given work while idle.
     last_progress: Instant,
     bytes_delivered: u64,
+}
+
+impl Source {
+    /// Whether it owes us something: pieces of what we requested, or its first `have`.
+    fn waiting(&self) -> bool {
+        !self.requested.is_empty() || self.holding.is_none()
+    }
 }
 
 /// The download of one manifest.
@@ -240,7 +249,7 @@ impl Swarm {
             }
             Message::Have { manifest, .. } if *manifest == mine => {
                 match msg.holding(self.manifest.chunk_count()) {
-                    Some(h) => self.update_holding(id, h),
+                    Some(h) => self.update_holding(id, h, now),
                     None => self.drop_source(id, DropReason::Protocol),
                 }
             }
@@ -347,7 +356,7 @@ impl Swarm {
         let stalled: Vec<SourceId> = self
             .sources
             .iter()
-            .filter(|(_, s)| !s.requested.is_empty() && now >= s.last_progress + self.stall_timeout)
+            .filter(|(_, s)| s.waiting() && now >= s.last_progress + self.stall_timeout)
             .map(|(id, _)| *id)
             .collect();
         for id in stalled {
@@ -360,7 +369,7 @@ impl Swarm {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.sources
             .values()
-            .filter(|s| !s.requested.is_empty())
+            .filter(|s| s.waiting())
             .map(|s| s.last_progress + self.stall_timeout)
             .min()
     }
@@ -379,9 +388,13 @@ impl Swarm {
 
     // --- inside ----------------------------------------------------------------------------
 
-    fn update_holding(&mut self, id: SourceId, h: Holding) {
+    fn update_holding(&mut self, id: SourceId, h: Holding, now: Instant) {
         let n = self.manifest.chunk_count();
         let s = self.sources.get_mut(&id).unwrap();
+        if s.holding.is_none() {
+            // Its first answer; the stall clock restarts with the first request.
+            s.last_progress = now;
+        }
         let old = s.holding.take().unwrap_or_else(|| Bitfield::new(n));
         let new = match h {
             Holding::All => Bitfield::full(n),
@@ -870,6 +883,17 @@ mod tests {
             })
         );
         assert!(!s.covered());
+        // One that never answers its query goes the same way.
+        s.add_source(SourceId(2), t);
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(5)));
+        s.handle_timeout(t + Duration::from_secs(6));
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::SourceDropped {
+                source: SourceId(2),
+                reason: DropReason::Stalled
+            })
+        );
     }
 
     #[test]
