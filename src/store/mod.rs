@@ -1053,6 +1053,19 @@ impl Store {
         self.manifests.cached(id)
     }
 
+    /// Brings the manifest a chunk-protocol message names into memory, so the synchronous
+    /// `chunks::Library` lookups (`impl Library for Store`) find it. Await it before handing
+    /// the message to a `chunks::Seeder`.
+    pub async fn prepare_for(&self, msg: &crate::core::chunks::Message) {
+        use crate::core::chunks::Message as M;
+        if let M::Query { manifest }
+        | M::GetManifest { manifest }
+        | M::RequestChunk { manifest, .. } = msg
+        {
+            self.manifest_by_id(manifest).await;
+        }
+    }
+
     /// Reads chunk `index` of the stored file that has manifest `m` (pread, off the loop).
     /// The caller checks the bytes against the chunk's SHA-256 (`chunks::Seeder` does).
     pub async fn read_chunk(&self, m: &Manifest, index: u32) -> Result<Vec<u8>, StoreError> {
@@ -1186,6 +1199,14 @@ fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The box serves every computed manifest of a stored file, whole. Lookups are in memory
+/// only: `Store::prepare_for` loads what a message needs first.
+impl crate::core::chunks::Library for Store {
+    fn manifest(&self, id: &Digest) -> Option<Arc<Manifest>> {
+        self.cached_manifest_by_id(id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1217,6 +1238,26 @@ mod tests {
                 assert_eq!(Digest::of(&chunk), m.chunks()[i as usize]);
             }
             assert!(store.read_chunk(&m, 3).await.is_err());
+            // Serving through a Seeder, after `prepare_for`.
+            use crate::core::chunks::{seeder::Output, Library, Message, Seeder};
+            let ask = Message::RequestChunk {
+                manifest: m.id(),
+                index: 2,
+                hash: m.chunks()[2],
+            };
+            store.prepare_for(&ask).await;
+            assert!(Library::manifest(&store, &m.id()).is_some());
+            let mut seeder = Seeder::new(16);
+            seeder.handle_message(&ask, &store);
+            let Some(Output::Read(read)) = seeder.poll_output() else {
+                panic!("no read")
+            };
+            let bytes = store.read_chunk(&read.manifest, read.index).await.ok();
+            seeder.chunk_read(&read, bytes);
+            let Some(Output::Piece(piece)) = seeder.poll_output() else {
+                panic!("no piece")
+            };
+            assert_eq!(&piece[48..], &data[8192..]);
             store.delete("a.bin").await.unwrap();
             assert!(!store.has_manifest(&m.id()));
             assert!(store.manifest_by_id(&m.id()).await.is_none());
