@@ -6,6 +6,7 @@ pub mod chunks;
 pub mod hash;
 pub mod hub;
 pub mod names;
+pub mod peer;
 pub mod range;
 pub mod relay;
 pub mod ring;

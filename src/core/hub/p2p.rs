@@ -40,6 +40,8 @@ pub struct P2pLimits {
     pub max_family_devices: usize,
     /// Manifests one device may `announce` (chunk tracker).
     pub max_announced: usize,
+    /// Whether the box itself takes `rtc_offer` (it is a WebRTC peer); told in `welcome`.
+    pub box_peer: bool,
 }
 
 impl P2pLimits {
@@ -58,6 +60,7 @@ impl P2pLimits {
             max_families: cfg.max_families,
             max_family_devices: cfg.max_family_devices,
             max_announced: cfg.max_announced,
+            box_peer: false,
         }
     }
 }
@@ -748,6 +751,7 @@ impl Hub {
             "stun_port": p.stun_port.filter(|_| p.mode != P2pMode::Off),
             "chunk_size": p.chunk_size,
             "signal_timeout_ms": duration_ms(p.signal_timeout),
+            "box_peer": p.box_peer,
         })
     }
 }
@@ -1310,7 +1314,7 @@ mod tests {
         assert_eq!(
             to(&out, 1)[0]["p2p"],
             json!({"mode": "off", "stun_port": null, "chunk_size": 262144,
-                   "signal_timeout_ms": 60000})
+                   "signal_timeout_ms": 60000, "box_peer": false})
         );
         join(&mut hub, clock.at(0), 2, "b");
         for i in 0..30 {
@@ -1341,7 +1345,7 @@ mod tests {
         assert_eq!(
             to(&out, 1)[0]["p2p"],
             json!({"mode": "p2p-first", "stun_port": 40000, "chunk_size": 1048576,
-                   "signal_timeout_ms": 2000})
+                   "signal_timeout_ms": 2000, "box_peer": false})
         );
     }
 
