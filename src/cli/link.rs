@@ -91,12 +91,28 @@ pub fn locate(spec: Option<&str>, timeout: Duration) -> Result<BoxAddr> {
     if let Some(spec) = spec {
         return parse_box(spec);
     }
-    let records = mdns_query::ask(SERVICE_TYPE, mdns_query::TYPE_PTR, timeout, |r| {
+    // One question is asked three times in its first 600 ms; a box that is only starting
+    // up answers later, so the question is asked again each second until `timeout`.
+    let found = |r: &[mdns_query::Record]| {
         mdns_query::instances(SERVICE_TYPE, r)
             .iter()
             .any(|i| mdns_query::first_v4(i).is_some())
-    })
-    .map_err(|e| Failure::failed(format!("mDNS: {e}")))?;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut records = Vec::new();
+    while !found(&records) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        records = mdns_query::ask(
+            SERVICE_TYPE,
+            mdns_query::TYPE_PTR,
+            left.min(Duration::from_secs(1)),
+            found,
+        )
+        .map_err(|e| Failure::failed(format!("mDNS: {e}")))?;
+    }
     let addr = mdns_query::instances(SERVICE_TYPE, &records)
         .iter()
         .find_map(mdns_query::first_v4)

@@ -33,8 +33,9 @@ pub struct Peer {
 
 impl Peer {
     pub fn locate(&self) -> link::Result<link::BoxAddr> {
+        // An empty LANVAN_BOX counts as unset.
         link::locate(
-            self.box_url.as_deref(),
+            self.box_url.as_deref().filter(|s| !s.trim().is_empty()),
             Duration::from_millis(self.discover_ms),
         )
     }

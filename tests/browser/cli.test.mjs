@@ -47,8 +47,10 @@ const uncut = () => nft(['delete', 'table', 'inet', 'lanvan_cli_test'], true);
 /** Runs `lanvan ARGS` as the terminal "CLI test"; resolves to {code, stdout, stderr}. */
 function cli(args, { withBox = true, timeout = 120000, onStderr } = {}) {
   const all = withBox ? [...args, '--box', origin] : args;
+  const env = { ...process.env, XDG_STATE_HOME: state };
+  delete env.LANVAN_BOX;
   const proc = spawn(BIN, [...all, '--name', 'CLI test'], {
-    env: { ...process.env, XDG_STATE_HOME: state, LANVAN_BOX: '' },
+    env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
@@ -100,7 +102,9 @@ test('CLI: finds the box by mDNS and lists its files', { timeout: 60000 }, async
     method: 'POST', headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ name: f.name, size: f.size, sha256: f.sha256 }),
   }).then((r) => r.json());
-  await fetch(`${origin}/api/uploads/${up.id}/chunks/0`, { method: 'PUT', body: readFileSync(f.path) });
+  await fetch(`${origin}/api/uploads/${up.id}/chunks/0`, {
+    method: 'PUT', body: readFileSync(f.path), headers: { 'x-chunk-sha256': f.sha256 },
+  });
   await fetch(`${origin}/api/uploads/${up.id}/finish`, { method: 'POST' });
   const { code, stdout, stderr } = await cli(['ls', '--json', '--discover-ms', '3000'], { withBox: false }).done;
   assert.equal(code, 0, stderr);
@@ -122,7 +126,7 @@ test('CLI: `lanvan send --relay` to a page, which accepts; SHA-256 matches', { t
 
 test('CLI: a page sends to `lanvan receive` through the box; SHA-256 matches', { timeout: 120000 }, async () => {
   const dir = tempDir('cli-received');
-  const rx = cli(["receive", "--once", "--dir", dir]);
+  const rx = cli(['receive', '--once', '--dir', dir]);
   const p = await openApp(browser, box, { origin });
   // The terminal shows up in the page's device list; the page sends it a file.
   const id = readFileSync(join(state, 'lanvan/device-id'), 'utf8').trim();
