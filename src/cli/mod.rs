@@ -3,6 +3,7 @@
 //! loop of its own, and exits 0 (done), 1 (failed) or 2 (usage). Never runs a box.
 
 pub mod commands;
+pub mod direct;
 pub mod link;
 pub mod progress;
 pub mod relay;

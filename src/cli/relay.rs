@@ -24,6 +24,8 @@ pub struct Continue {
     pub sha256: Option<String>,
     /// `inbox: true`: left on the box if the receiver does not answer in time.
     pub inbox: bool,
+    /// `store: true`: straight to the receiver's inbox (its page is in the background).
+    pub store: bool,
 }
 
 impl Continue {
@@ -35,6 +37,7 @@ impl Continue {
             hashed: 0,
             sha256: None,
             inbox: false,
+            store: false,
         }
     }
 }
@@ -81,6 +84,9 @@ pub async fn send(
     }
     if let Some(sha) = &from.sha256 {
         offer["sha256"] = json!(sha);
+    }
+    if from.store {
+        offer["store"] = json!(true);
     }
     if from.inbox {
         offer["inbox"] = json!(true);
