@@ -416,6 +416,8 @@ pub fn receive(a: Receive) -> Result<()> {
             b.url()
         );
         let mut open: HashMap<u32, Receiving> = HashMap::new();
+        // Direct receives, and those whose sender moved to the relay.
+        let mut inbox = super::direct::Inbox::default();
         loop {
             let Some(msg) = s.next(Duration::from_secs(30)).await else {
                 continue;
@@ -455,27 +457,31 @@ pub fn receive(a: Receive) -> Result<()> {
             };
             let id = v["id"].as_u64().unwrap_or(u64::MAX) as u32;
             match v["type"].as_str().unwrap_or("") {
-                "relay_offer" => match Receiving::accept(&v, &a.dir, None, a.peer.quiet) {
-                    Ok((r, accept)) => {
-                        eprintln!(
-                            "receiving {} ({}) from {}",
-                            r.name,
-                            progress::bytes(r.size),
-                            r.from_name
-                        );
-                        s.send(&accept).await?;
-                        if r.chunks == 0 {
-                            if let Some(done) = r.done_message() {
-                                s.send(&done).await?;
+                "relay_offer" => {
+                    // A send that started on the direct channel continues after what is held.
+                    let held = v["ref"].as_str().and_then(|r| inbox.claim(r));
+                    match Receiving::accept(&v, &a.dir, held, a.peer.quiet) {
+                        Ok((r, accept)) => {
+                            eprintln!(
+                                "receiving {} ({}) from {}",
+                                r.name,
+                                progress::bytes(r.size),
+                                r.from_name
+                            );
+                            s.send(&accept).await?;
+                            if r.chunks == 0 {
+                                if let Some(done) = r.done_message() {
+                                    s.send(&done).await?;
+                                }
                             }
+                            open.insert(id, r);
                         }
-                        open.insert(id, r);
+                        Err(why) => {
+                            s.send(&json!({"type": "relay_decline", "id": id, "reason": why}))
+                                .await?;
+                        }
                     }
-                    Err(why) => {
-                        s.send(&json!({"type": "relay_decline", "id": id, "reason": why}))
-                            .await?;
-                    }
-                },
+                }
                 "relay_resume" if v["role"] == "receiver" => {
                     if let Some(r) = open.get(&id) {
                         s.send(&json!({"type": "relay_ack", "id": id, "acked": r.next}))

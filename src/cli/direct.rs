@@ -7,7 +7,7 @@
 use super::link::{Failure, Incoming, Result, Session};
 use super::progress::Progress;
 use super::relay::{self, Continue, Sent};
-use super::transfer::{DirectSend, SendEvent};
+use super::transfer::{DirectReceive, DirectSend, SendEvent};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -36,6 +36,8 @@ pub enum LinkEvent {
 pub trait Rtc {
     /// The offer SDP of a new peer that makes the channel.
     fn offer(&mut self, label: &str) -> std::result::Result<String, String>;
+    /// The answer SDP for a page's offer (this terminal receives; the page makes the channel).
+    fn answer(&mut self, offer: &str) -> std::result::Result<String, String>;
     fn accept_answer(&mut self, sdp: &str) -> std::result::Result<(), String>;
     /// A trickled candidate; one that cannot be read is ignored (peer-reflexive works).
     fn add_candidate(&mut self, line: &str);
@@ -70,7 +72,9 @@ async fn request(s: &mut Session, to: &str, name: &str) -> std::result::Result<S
     s.send(&json!({"type": "p2p_request", "from": s.id, "to": to}))
         .await
         .map_err(|e| e.to_string())?;
-    let limit = s.welcome["p2p"]["signal_timeout_ms"].as_u64().unwrap_or(60_000);
+    let limit = s.welcome["p2p"]["signal_timeout_ms"]
+        .as_u64()
+        .unwrap_or(60_000);
     let deadline = Instant::now() + Duration::from_millis(limit);
     let mut rid: Option<String> = None;
     loop {
@@ -86,7 +90,9 @@ async fn request(s: &mut Session, to: &str, name: &str) -> std::result::Result<S
         match t {
             "p2p_request_sent" if v["to"] == to => {
                 rid = v["request_id"].as_str().map(str::to_string);
-                eprintln!("asking for a direct connection; the other device may have to accept it…");
+                eprintln!(
+                    "asking for a direct connection; the other device may have to accept it…"
+                );
             }
             "webrtc_handshake_start" if v["peer_device_id"] == to && mine(&v) => {
                 return Ok(v["request_id"].as_str().unwrap_or("").to_string());
@@ -95,7 +101,10 @@ async fn request(s: &mut Session, to: &str, name: &str) -> std::result::Result<S
                 return Err("the other device declined the direct connection".into())
             }
             "p2p_connection_failed" | "p2p_connection_closed" if mine(&v) => {
-                return Err(v["message"].as_str().unwrap_or("the request failed").to_string())
+                return Err(v["message"]
+                    .as_str()
+                    .unwrap_or("the request failed")
+                    .to_string())
             }
             "error"
                 if v["ref_type"]
@@ -154,7 +163,12 @@ async fn try_direct(
     my_name: &str,
     progress: &mut Progress,
 ) -> Direct {
-    let fresh = |why: String| Err(Ok(Moved { why, from: Continue::fresh() }));
+    let fresh = |why: String| {
+        Err(Ok(Moved {
+            why,
+            from: Continue::fresh(),
+        }))
+    };
     let rid = match request(s, to, my_name).await {
         Ok(r) => r,
         Err(why) => return fresh(why),
@@ -212,14 +226,18 @@ async fn try_direct(
             Ev::Link(LinkEvent::Open) => {
                 if tx.is_none() {
                     let _ = s
-                        .send(&json!({"type": "p2p_connection_established", "request_id": rid,
-                            "peer_device_id": to}))
+                        .send(
+                            &json!({"type": "p2p_connection_established", "request_id": rid,
+                            "peer_device_id": to}),
+                        )
                         .await;
                     rtc.send_text(&json!({"t": "vis", "hidden": false}).to_string());
                     let id = random_id();
                     let (t, offer) = DirectSend::new(id, name, size, chunk_size, Instant::now());
                     rtc.send_text(&offer);
-                    eprintln!("{name}: connected directly (P2P); waiting for the other device to accept…");
+                    eprintln!(
+                        "{name}: connected directly (P2P); waiting for the other device to accept…"
+                    );
                     tx = Some(t);
                 }
             }
@@ -232,11 +250,17 @@ async fn try_direct(
                 }
             }
             Ev::Link(LinkEvent::Text(text)) => {
-                let Ok(m) = serde_json::from_str::<Value>(&text) else { continue };
+                let Ok(m) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
                 let Some(t) = tx.as_mut() else { continue };
                 if m["t"] == "vis" && m["hidden"] == true {
                     let mut mv = moved(rtc, t, "hidden", "the page went to the background");
-                    mv.from = Continue { start_chunk: 0, store: true, ..mv.from };
+                    mv.from = Continue {
+                        start_chunk: 0,
+                        store: true,
+                        ..mv.from
+                    };
                     return Err(Ok(mv));
                 }
                 if m["id"].as_u64() != Some(t.id as u64) {
@@ -252,7 +276,9 @@ async fn try_direct(
                     }
                     Some(SendEvent::Complete(sha)) => {
                         progress.finish(&format!("sent directly (P2P), SHA-256 {sha} matches"));
-                        let _ = s.send(&json!({"type": "p2p_close", "request_id": rid})).await;
+                        let _ = s
+                            .send(&json!({"type": "p2p_close", "request_id": rid}))
+                            .await;
                         rtc.close();
                         return Ok(Sent::Complete(sha));
                     }
@@ -294,7 +320,9 @@ async fn try_direct(
                 _ => {}
             },
             Ev::Box(Incoming::Closed(why)) => {
-                return Err(Err(Failure::failed(format!("the box closed the socket: {why}"))))
+                return Err(Err(Failure::failed(format!(
+                    "the box closed the socket: {why}"
+                ))))
             }
             Ev::Box(Incoming::Binary(_)) => {}
         }
@@ -329,4 +357,282 @@ fn random_id() -> u32 {
         let _ = f.read_exact(&mut raw);
     }
     u32::from_ne_bytes(raw)
+}
+
+/// A file arriving on the direct channel, and where it is written.
+pub struct Arriving {
+    pub rx: DirectReceive,
+    file: File,
+    part: std::path::PathBuf,
+    pub progress: Progress,
+}
+
+/// What the receiving side of a direct link asks the caller to do.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Send this on the channel.
+    Say(String),
+    /// This file is complete and verified: it was kept at this path.
+    Saved(std::path::PathBuf),
+    /// This file failed (the message says why).
+    Failed(String),
+}
+
+/// The direct receives of `lanvan receive`: `file` offers on the `lanvan` channel,
+/// accepted at once, written to `.NAME.ID.part`, kept when the hashes agree. Sends whose
+/// sender moved to the relay wait in `moved` for the relay offer that continues them.
+#[derive(Default)]
+pub struct Inbox {
+    pub arriving: std::collections::HashMap<u32, Arriving>,
+    /// `ref` (`p2p:<id>`) -> what this terminal holds of a send that moved to the relay.
+    pub moved: std::collections::HashMap<String, Arriving>,
+}
+
+/// The most files one peer may be sending this terminal at once (the page's MAX_RECEIVES).
+const MAX_RECEIVES: usize = 16;
+
+impl Inbox {
+    /// A text message on the channel.
+    pub fn text(&mut self, text: &str, dir: &std::path::Path, quiet: bool) -> Vec<Step> {
+        let Ok(m) = serde_json::from_str::<Value>(text) else {
+            return Vec::new();
+        };
+        if m["t"] == "file" {
+            let rx = match DirectReceive::from_offer(&m) {
+                Ok(rx)
+                    if self.arriving.len() < MAX_RECEIVES
+                        && !self.arriving.contains_key(&rx.id) =>
+                {
+                    rx
+                }
+                Ok(mut rx) => return vec![Step::Say(rx.decline("too many files at once"))],
+                Err(why) => {
+                    let id = m["id"].as_u64().unwrap_or(0);
+                    let msg = json!({"t": "decline", "id": id, "reason": why});
+                    return vec![Step::Say(msg.to_string())];
+                }
+            };
+            let mut rx = rx;
+            let name = relay::safe_name(&rx.name);
+            let part = dir.join(format!(".{name}.p2p{}.part", rx.id));
+            let file = match File::create(&part) {
+                Ok(f) => f,
+                Err(e) => return vec![Step::Say(rx.decline(&format!("cannot write: {e}")))],
+            };
+            eprintln!(
+                "receiving {name} ({}) directly (P2P)",
+                super::progress::bytes(rx.size)
+            );
+            let says = rx.accept();
+            let id = rx.id;
+            let progress = Progress::new(&name, rx.size, quiet);
+            self.arriving.insert(
+                id,
+                Arriving {
+                    rx,
+                    file,
+                    part,
+                    progress,
+                },
+            );
+            let mut out: Vec<Step> = says.into_iter().map(Step::Say).collect();
+            out.extend(self.settle(id, dir));
+            return out;
+        }
+        let Some(id) = m["id"].as_u64().map(|i| i as u32) else {
+            return Vec::new();
+        };
+        let Some(a) = self.arriving.get_mut(&id) else {
+            return Vec::new();
+        };
+        let says = a.rx.handle(&m);
+        let mut out: Vec<Step> = says.into_iter().map(Step::Say).collect();
+        out.extend(self.settle(id, dir));
+        out
+    }
+
+    /// A binary piece on the channel.
+    pub fn piece(&mut self, frame: &[u8], dir: &std::path::Path) -> Vec<Step> {
+        use super::transfer::ReceiveStep;
+        use std::os::unix::fs::FileExt as _;
+        let Some(id) = super::transfer::piece_transfer_id(frame) else {
+            return Vec::new();
+        };
+        let Some(a) = self.arriving.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match a.rx.piece(frame) {
+            ReceiveStep::None => {}
+            ReceiveStep::Say(m) => out.push(Step::Say(m)),
+            ReceiveStep::Write(index, bytes) => {
+                let at = index as u64 * a.rx.chunk_size as u64;
+                if let Err(e) = a.file.write_all_at(&bytes, at) {
+                    out.push(Step::Say(
+                        a.rx.cancel(&format!("the receiver could not write: {e}")),
+                    ));
+                } else {
+                    out.extend(a.rx.written(index, &bytes).into_iter().map(Step::Say));
+                    let held = (a.rx.next as u64 * a.rx.chunk_size as u64).min(a.rx.size);
+                    a.progress.update(held);
+                }
+            }
+        }
+        out.extend(self.settle(id, dir));
+        out
+    }
+
+    /// The channel is gone: running receives wait for the sender's relay offer.
+    pub fn channel_lost(&mut self) {
+        for (id, a) in self.arriving.drain() {
+            if a.rx.state == super::transfer::ReceiveState::Moving {
+                self.moved.insert(format!("p2p:{id}"), a);
+            } else {
+                let _ = std::fs::remove_file(&a.part);
+            }
+        }
+    }
+
+    /// Takes out what this terminal holds of the send a relay offer with `reference`
+    /// continues: the part file, its hash so far and the chunks held.
+    pub fn claim(
+        &mut self,
+        reference: &str,
+    ) -> Option<(std::path::PathBuf, File, sha2::Sha256, u32)> {
+        let a = self.moved.remove(reference)?;
+        let (hasher, next) = a.rx.hash_so_far();
+        Some((a.part, a.file, hasher, next))
+    }
+
+    /// Ends transfer `id` if it is over: kept, failed, or moved to the relay.
+    fn settle(&mut self, id: u32, dir: &std::path::Path) -> Vec<Step> {
+        use super::transfer::ReceiveState;
+        let Some(a) = self.arriving.get(&id) else {
+            return Vec::new();
+        };
+        match a.rx.state.clone() {
+            ReceiveState::Complete(sha) => {
+                let mut a = self.arriving.remove(&id).expect("just seen");
+                let _ = a.file.sync_all();
+                let path = relay::free_path(dir, &relay::safe_name(&a.rx.name));
+                match std::fs::rename(&a.part, &path) {
+                    Ok(()) => {
+                        a.progress
+                            .finish(&format!("saved as {} (SHA-256 {sha} ok)", path.display()));
+                        vec![Step::Saved(path)]
+                    }
+                    Err(e) => vec![Step::Failed(format!("cannot keep {}: {e}", path.display()))],
+                }
+            }
+            ReceiveState::Ended(why) => {
+                let mut a = self.arriving.remove(&id).expect("just seen");
+                a.progress.abandon();
+                let _ = std::fs::remove_file(&a.part);
+                vec![Step::Failed(format!("{}: {why}", a.rx.name))]
+            }
+            ReceiveState::Moved => {
+                let a = self.arriving.remove(&id).expect("just seen");
+                eprintln!("{}: the sender continues through the box", a.rx.name);
+                self.moved.insert(format!("p2p:{id}"), a);
+                Vec::new()
+            }
+            ReceiveState::Offered | ReceiveState::Moving => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest as _, Sha256};
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("lanvan-direct-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A sender's frames fed straight into the inbox (the channel left out).
+    fn run(
+        file: &[u8],
+        chunk: u32,
+        stop_after: Option<u32>,
+    ) -> (Inbox, Vec<Step>, DirectSend, std::path::PathBuf) {
+        let d = dir(&format!("{}-{}", file.len(), stop_after.is_some()));
+        let t0 = Instant::now();
+        let (mut tx, offer) = DirectSend::new(9, "../photo.jpg", file.len() as u64, chunk, t0);
+        let mut inbox = Inbox::default();
+        let mut to_tx: Vec<Step> = inbox.text(&offer, &d, true);
+        let mut seen = Vec::new();
+        for _ in 0..1000 {
+            let mut to_rx = Vec::new();
+            for step in std::mem::take(&mut to_tx) {
+                match step {
+                    Step::Say(m) => {
+                        tx.handle(&serde_json::from_str(&m).unwrap(), t0);
+                    }
+                    other => seen.push(other),
+                }
+            }
+            while let Some(i) = tx.next_chunk() {
+                if stop_after.is_some_and(|n| i >= n) {
+                    break;
+                }
+                let s = i as usize * chunk as usize;
+                let e = (s + chunk as usize).min(file.len());
+                to_rx.extend(tx.pieces(i, &file[s..e]));
+            }
+            if to_rx.is_empty() {
+                if let Some(end) = tx.end_message() {
+                    to_tx.extend(inbox.text(&end, &d, true));
+                    continue;
+                }
+                break;
+            }
+            for f in to_rx {
+                to_tx.extend(inbox.piece(&f, &d));
+            }
+        }
+        (inbox, seen, tx, d)
+    }
+
+    #[test]
+    fn a_direct_send_is_written_checked_and_kept_under_a_safe_name() {
+        let file: Vec<u8> = (0..250_000u32).map(|i| (i % 253) as u8).collect();
+        let (inbox, seen, tx, d) = run(&file, 100_000, None);
+        let saved = d.join("photo.jpg");
+        assert_eq!(seen, vec![Step::Saved(saved.clone())]);
+        assert_eq!(std::fs::read(&saved).unwrap(), file);
+        assert_eq!(tx.state, crate::cli::transfer::SendState::Complete);
+        assert!(inbox.arriving.is_empty());
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "no part file is left: {left:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_send_cut_off_waits_for_the_relay_and_hands_over_what_it_holds() {
+        let file: Vec<u8> = (0..500_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut inbox, seen, mut tx, d) = run(&file, 100_000, Some(2));
+        assert!(seen.is_empty());
+        let (moved, start) = tx.fallback("stalled");
+        assert_eq!(start, 2);
+        assert!(inbox.text(&moved, &d, true).is_empty());
+        let (part, _file, hasher, held) = inbox.claim("p2p:9").expect("the moved send is held");
+        assert_eq!(held, 2);
+        assert_eq!(std::fs::read(&part).unwrap(), &file[..200_000]);
+        let mut expect = Sha256::new();
+        expect.update(&file[..200_000]);
+        assert_eq!(
+            hasher.finalize(),
+            expect.finalize(),
+            "the hash runs on, not from zero"
+        );
+        assert!(inbox.claim("p2p:9").is_none());
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
