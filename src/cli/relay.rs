@@ -235,8 +235,11 @@ pub struct Receiving {
     pub size: u64,
     pub chunk_size: u64,
     pub chunks: u32,
-    /// Chunks held (all of 0..next).
+    /// The next chunk the box sends (counting from `start_chunk`); acks say this.
     pub next: u32,
+    /// Chunks this terminal wrote before the relay took over (a direct send it continues);
+    /// those are acked again but not written twice.
+    held: u32,
     hasher: Sha256,
     part: PathBuf,
     file: File,
@@ -261,7 +264,7 @@ impl Receiving {
             .ok_or("bad chunk size")?;
         let chunks = v["chunks"].as_u64().ok_or("an offer without chunks")? as u32;
         let start = v["start_chunk"].as_u64().unwrap_or(0) as u32;
-        let (part, file, hasher, next) = match held {
+        let (part, file, hasher, held) = match held {
             Some(h) => h,
             None if start > 0 => {
                 return Err("it continues a send this terminal does not hold".into())
@@ -275,7 +278,7 @@ impl Receiving {
         };
         let from_name = v["from_name"].as_str().unwrap_or("a device").to_string();
         let mut progress = Progress::new(&name, size, quiet);
-        progress.starting_at((next as u64 * chunk_size).min(size));
+        progress.starting_at((held.max(start) as u64 * chunk_size).min(size));
         let r = Receiving {
             id,
             name,
@@ -283,7 +286,8 @@ impl Receiving {
             size,
             chunk_size,
             chunks,
-            next,
+            next: start,
+            held,
             hasher,
             part,
             file,
@@ -294,30 +298,25 @@ impl Receiving {
 
     /// A chunk frame's payload for chunk `index`: written, hashed, acked; the last one
     /// also answers `relay_done`. Chunks already held (after a fallback) are only acked.
+    /// As the page does (web/relay.js), a chunk other than the next is dropped.
     pub fn chunk(&mut self, index: u32, payload: &[u8]) -> std::result::Result<Vec<Value>, String> {
-        if index < self.next {
-            return Ok(vec![
-                json!({"type": "relay_ack", "id": self.id, "acked": self.next}),
-            ]);
-        }
         if index != self.next {
             return Ok(Vec::new()); // sent before a resume; the box sends it again
         }
         let start = index as u64 * self.chunk_size;
         let want = (self.size - start).min(self.chunk_size) as usize;
         if payload.len() != want {
-            return Err(format!(
-                "chunk {index} has {} bytes, not {want}",
-                payload.len()
-            ));
+            return Err(format!("chunk {index} has {} bytes, not {want}", payload.len()));
         }
-        self.file
-            .write_all_at(payload, start)
-            .map_err(|e| format!("cannot write {}: {e}", self.part.display()))?;
-        self.hasher.update(payload);
+        if index >= self.held {
+            self.file
+                .write_all_at(payload, start)
+                .map_err(|e| format!("cannot write {}: {e}", self.part.display()))?;
+            self.hasher.update(payload);
+        }
         self.next += 1;
-        self.progress
-            .update((self.next as u64 * self.chunk_size).min(self.size));
+        let have = self.next.max(self.held) as u64 * self.chunk_size;
+        self.progress.update(have.min(self.size));
         let mut out = vec![json!({"type": "relay_ack", "id": self.id, "acked": self.next})];
         out.extend(self.done_message());
         Ok(out)
