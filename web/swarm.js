@@ -25,7 +25,7 @@ const SERVE_MAX = 16;
 /** Page sources asked at once (SPEC: up to 4 peers), besides the box. */
 const MAX_PAGE_SOURCES = 4;
 /** How long the box's channel or a page's may take to open before it is given up. */
-const OPEN_MS = 8000;
+const OPEN_MS = 5000;
 /** A source that sends nothing for this long while it owes chunks is given up. */
 const STALL_MS = 5000;
 /** Manifests announced at most (the box's p2p.max_announced). */
@@ -742,7 +742,11 @@ export class Swarm {
     this.last = null; // the last download's result (per-source counts) for tests
     this.log = log;
     this.seeding = false;
+    this.active = null; // the download running (or the last one), for tests
+    this.announced = 0; // manifests the box's tracker has from this page
     p2p.swarm = this;
+    conn.on('announced', (m) => { this.announced = m.count; });
+    conn.on('welcome', () => { this.announced = 0; });
 
     conn.on('query_result', (m) => {
       const waiting = this.queries.get(m.manifest) || [];
@@ -845,6 +849,7 @@ export class Swarm {
     if (!res.ok) throw new Error(`no manifest (HTTP ${res.status})`);
     const m = checkManifest(await res.json());
     const dl = new Download(this, f.name, m, ui);
+    this.active = dl;
     ui.set('starting', 'Finding sources…');
     if (m.chunks.length === 0) {
       dl.finish();
@@ -865,7 +870,7 @@ export class Swarm {
       }, (e) => record({ event: 'page_channel_failed', peer: peer.device_id, why: e.message || String(e) }));
     }
     await boxing;
-    ui.set('moving', 'Downloading…');
+    if (!dl.sources.has('http')) ui.set('moving', 'Downloading…');
     dl.fill();
     const r = await dl.finished;
     if (r) this.last = r;
