@@ -84,6 +84,7 @@ $('me-form').addEventListener('submit', (e) => {
 for (const id of ['pick-files', 'pick-folder']) {
   $(id).addEventListener('change', (e) => {
     uploader.add([...e.target.files]);
+    swarm.picked([...e.target.files]);
     e.target.value = '';
   });
 }
@@ -114,7 +115,9 @@ addEventListener('drop', async (e) => {
   e.preventDefault();
   dragDepth = 0;
   zone.hidden = true;
-  uploader.add(await droppedFiles(e.dataTransfer));
+  const dropped = await droppedFiles(e.dataTransfer);
+  uploader.add(dropped);
+  swarm.picked(dropped);
 });
 
 /** Files from a drop, with the files inside dropped folders (flattened). */

@@ -695,6 +695,13 @@ class Serving {
         const len = chunkLength(m, req.index);
         const bytes = new Uint8Array(await held.blob.slice(start, start + len).arrayBuffer());
         const digest = fromHex(m.chunks[req.index]);
+        if (held.verify && (bytes.length !== len || toHex(new Sha256().update(bytes).digest()) !== m.chunks[req.index])) {
+          // The picked file changed since it was uploaded: it is not served any more.
+          this.swarm.held.delete(req.manifest);
+          this.swarm.announce();
+          this.say({ t: 'error', code: 'not_found', message: 'the file changed here', ...req });
+          continue;
+        }
         // The test hook: this page lies about what it serves.
         if (this.swarm.corrupt && bytes.length) bytes[bytes.length >> 1] ^= 0xff;
         for (let off = 0; off < len && !req.cancelled; off += PIECE) {
@@ -756,12 +763,15 @@ export class Swarm {
     conn.on('rtc_answer', (m) => this.boxSessions.get(m.session)?.answer(m.sdp));
     conn.on('rtc_closed', (m) => this.boxSessions.get(m.session)?.fail(`the box closed it (${m.reason})`));
     conn.on('error', (m) => {
+      // The box refused an offer (no session named in errors): the ones still unanswered.
       if (m.ref_type === 'rtc_offer') {
-        for (const s of this.boxSessions.values()) s.fail(m.message || m.code);
+        for (const s of this.boxSessions.values()) if (!s.answered) s.fail(`${m.code}: ${m.message || ''}`);
       }
       if (m.ref_type === 'query') for (const [k, ws] of this.queries) { this.queries.delete(k); ws.forEach((w) => w(null)); }
     });
     conn.on('p2p_enabled', () => this.announce());
+    conn.on('file_added', (m) => this.uploaded(m.file));
+    this.picks = []; // files this page picked to upload, newest last (at most MAX_HELD)
   }
 
   /** Whether downloads from the file list go through the swarm: the box is a peer. */
@@ -773,15 +783,42 @@ export class Swarm {
   serves(manifest) { return this.held.has(manifest); }
 
   /** Keeps a file this page holds whole, to serve; announced when P2P is on. */
-  hold(m, blob) {
+  hold(m, blob, verify = false) {
     this.held.delete(m.manifest);
-    this.held.set(m.manifest, { m, blob });
+    this.held.set(m.manifest, { m, blob, verify });
     while (this.held.size > MAX_HELD) this.held.delete(this.held.keys().next().value);
     this.announce();
   }
 
+  /** Files the user picked to upload: once stored, this page can serve them too. */
+  picked(files) {
+    for (const f of files) this.picks.push(f);
+    this.picks.splice(0, Math.max(0, this.picks.length - MAX_HELD));
+  }
+
+  /**
+   * A file stored on the box from this page: its manifest (the box's) is fetched and the
+   * picked File held against it. The File is not trusted: each chunk is checked against the
+   * manifest as it is served (it may have changed on disk since).
+   */
+  async uploaded(file) {
+    if (!file || file.uploaded_by !== this.conn.me.name || !this.p2p.enabled || !this.usable()) return;
+    const i = this.picks.findIndex((f) => f.size === file.size && file.name.startsWith(f.name.replace(/\.[^.]*$/, '')));
+    if (i < 0) return;
+    const [picked] = this.picks.splice(i, 1);
+    try {
+      const res = await fetch(`/api/files/${encodeURIComponent(file.name)}/manifest`);
+      if (!res.ok) return;
+      const m = checkManifest(await res.json());
+      if (m.sha256 && file.sha256 && m.sha256 !== file.sha256) return;
+      this.hold(m, picked, true);
+    } catch (e) {
+      console.warn('swarm: no manifest for an upload', e);
+    }
+  }
+
   announce() {
-    if (!this.p2p.enabled || !this.held.size) return;
+    if (!this.p2p.enabled || (!this.held.size && !this.announced)) return;
     this.conn.send({ type: 'announce', manifests: [...this.held.keys()] });
   }
 
@@ -813,7 +850,12 @@ export class Swarm {
     const cleanup = () => this.boxSessions.delete(session);
     try {
       const answered = new Promise((res, rej) => {
-        this.boxSessions.set(session, { answer: res, fail: (why) => { rej(new Error(why)); try { pc.close(); } catch { /* */ } } });
+        const entry = {
+          answered: false,
+          answer: (sdp) => { entry.answered = true; res(sdp); },
+          fail: (why) => { rej(new Error(why)); try { pc.close(); } catch { /* closed */ } },
+        };
+        this.boxSessions.set(session, entry);
         setTimeout(() => rej(new Error('the box did not answer')), OPEN_MS);
       });
       pc.onicecandidate = (e) => {
