@@ -202,6 +202,17 @@ pub struct P2pConfig {
     pub max_family_devices: usize,
     /// STUN datagrams read per wake-up of the event loop before other work gets a turn.
     pub stun_batch: usize,
+    /// WebRTC peers the box itself holds at once (the box as a chunk source, `rtc_offer`).
+    pub max_box_peers: usize,
+    /// Box peers one device's socket may hold at once.
+    pub max_box_peers_per_device: usize,
+    /// Seconds of silence after which a box peer is dropped as gone.
+    pub box_peer_timeout_secs: u64,
+    /// Bytes a box peer's data channel may hold unacknowledged; beyond it the box waits.
+    #[serde(with = "bytesize")]
+    pub box_peer_send_buffer: u64,
+    /// Datagrams read from a box peer socket per wake-up before other work gets a turn.
+    pub rtc_batch: usize,
 }
 
 impl Default for P2pConfig {
@@ -218,6 +229,11 @@ impl Default for P2pConfig {
             max_families: 64,
             max_family_devices: 32,
             stun_batch: 64,
+            max_box_peers: 16,
+            max_box_peers_per_device: 2,
+            box_peer_timeout_secs: 5,
+            box_peer_send_buffer: 1024 * 1024,
+            rtc_batch: 64,
         }
     }
 }
@@ -450,6 +466,11 @@ impl Config {
         if p.signal_timeout_secs == 0 || p.max_sessions_per_device == 0 || p.stun_batch == 0 {
             return Err(ConfigError(
                 "p2p.signal_timeout_secs, p2p.max_sessions_per_device and p2p.stun_batch must be at least 1".into(),
+            ));
+        }
+        if p.box_peer_timeout_secs == 0 || p.rtc_batch == 0 || p.box_peer_send_buffer < 128 * 1024 {
+            return Err(ConfigError(
+                "p2p.box_peer_timeout_secs and p2p.rtc_batch must be at least 1, and p2p.box_peer_send_buffer at least 128 KiB (two chunk pieces)".into(),
             ));
         }
         Ok(())

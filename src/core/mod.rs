@@ -5,6 +5,7 @@
 pub mod hash;
 pub mod hub;
 pub mod names;
+pub mod peer;
 pub mod range;
 pub mod relay;
 pub mod ring;

@@ -9,6 +9,7 @@ pub mod mdns;
 pub mod mdns_query;
 pub mod notify;
 pub mod relay;
+pub mod rtc;
 pub mod server;
 pub mod stun;
 pub mod web;

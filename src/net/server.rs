@@ -3,7 +3,7 @@
 //! SIGINT/SIGTERM. Blocking file work goes to the single disk thread (`store::disk`).
 
 use super::http::{Conn, HeadError, Response, Traffic};
-use super::{api, mdns, notify, relay, ws};
+use super::{api, mdns, notify, relay, rtc, ws};
 use crate::config::{Config, P2pMode};
 use crate::core::hub::{ConnId, Hub, HubLimits, Now, P2pLimits};
 use crate::store::{disk::Disk, unix_ms, Store};
@@ -36,6 +36,8 @@ pub struct App {
     pub relay: RefCell<crate::core::relay::Relay>,
     pub inbox: crate::store::inbox::Inbox,
     pub inbox_jobs: smol::channel::Sender<relay::InboxJob>,
+    /// The box as a WebRTC peer; None when P2P is off or it has no UDP socket.
+    pub rtc: Option<rtc::serve::BoxPeers>,
     started: Instant,
     connections: Cell<usize>,
     next_conn: Cell<ConnId>,
@@ -66,6 +68,8 @@ impl App {
     pub fn status(&self) -> serde_json::Value {
         let (rss, rss_peak, threads) = process_stats();
         let hub = self.hub.borrow();
+        let mut p2p = hub.p2p_info();
+        p2p["box_peer"] = self.rtc.is_some().into();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_secs": self.started.elapsed().as_secs(),
@@ -84,7 +88,8 @@ impl App {
                 "transfers": self.relay.borrow().transfer_count(),
                 "inbox": self.relay.borrow().inbox_count(),
             },
-            "p2p": hub.p2p_info(),
+            "p2p": p2p,
+            "box_peers": self.rtc_peer_count(),
             "p2p_sessions": hub.p2p_session_count(),
             "families": hub.family_count(),
             "systemd": notify::status(),
@@ -165,6 +170,10 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         .as_ref()
         .and_then(|s| s.get_ref().local_addr().ok())
         .map(|a| a.port());
+    let (box_peers, rtc_events) = match rtc::serve::BoxPeers::start(&cfg, local) {
+        Some((peers, events)) => (Some(peers), Some(events)),
+        None => (None, None),
+    };
     let ws = &cfg.ws;
     let hub = Hub::new(HubLimits {
         max_devices: ws.max_devices,
@@ -172,7 +181,10 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         clipboard_history: ws.clipboard_history,
         heartbeat_timeout: Duration::from_secs(ws.heartbeat_timeout_secs),
         messages_per_sec: ws.messages_per_sec,
-        p2p: P2pLimits::new(&cfg.p2p, stun_port, cfg.relay.chunk_size),
+        p2p: P2pLimits {
+            box_peer: box_peers.is_some(),
+            ..P2pLimits::new(&cfg.p2p, stun_port, cfg.relay.chunk_size)
+        },
         ..HubLimits::default()
     });
     let app = Rc::new(App {
@@ -183,6 +195,7 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         relay: RefCell::new(relay),
         inbox,
         inbox_jobs,
+        rtc: box_peers,
         started: Instant::now(),
         connections: Cell::new(0),
         next_conn: Cell::new(0),
@@ -230,6 +243,9 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
             ex.spawn(async move { advert.watch().await }).detach();
         }
         ex.spawn(relay::relay_timers(app.clone())).detach();
+        if let Some(events) = rtc_events {
+            ex.spawn(rtc::serve::serve(app.clone(), events)).detach();
+        }
         ex.spawn(relay::inbox_worker(app.clone(), inbox_rx))
             .detach();
         let expiring = app.clone();
@@ -275,6 +291,11 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         drop(listener);
         // Say goodbye to every device, then let chunk writes already queued reach disk:
         // the disk thread runs jobs in order, so an empty job behind them is a barrier.
+        if let Some(peers) = &app.rtc {
+            peers
+                .host
+                .close_all(crate::core::peer::CloseReason::Shutdown);
+        }
         let conns: Vec<ConnId> = app.sockets.borrow().keys().copied().collect();
         for conn in conns {
             app.close(conn, 1001, "the box is shutting down");

@@ -170,6 +170,7 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, endpoint: Endpoin
                         .borrow_mut()
                         .signal_text(app.now(), conn_id, text.as_str(), &mut out);
                 }
+                Ok(Message::Text(text)) if app.rtc_text(conn_id, text.as_str()) => {}
                 Ok(Message::Text(text)) if app.relay_text(conn_id, text.as_str()) => {}
                 Ok(Message::Text(text)) => {
                     app.hub
@@ -227,6 +228,7 @@ pub async fn serve(app: Rc<App>, mut conn: Conn, req: Request, endpoint: Endpoin
             .disconnect(app.now(), conn_id, &mut out);
         app.dispatch(out);
         app.relay_disconnect(conn_id);
+        app.rtc_disconnect(conn_id);
     } else {
         app.hub
             .borrow_mut()

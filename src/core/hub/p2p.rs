@@ -38,6 +38,8 @@ pub struct P2pLimits {
     pub max_families: usize,
     /// Devices in one family at once.
     pub max_family_devices: usize,
+    /// Whether the box itself takes `rtc_offer` (it is a WebRTC peer); told in `welcome`.
+    pub box_peer: bool,
 }
 
 impl P2pLimits {
@@ -55,6 +57,7 @@ impl P2pLimits {
             max_candidate_bytes: cfg.max_candidate_bytes as usize,
             max_families: cfg.max_families,
             max_family_devices: cfg.max_family_devices,
+            box_peer: false,
         }
     }
 }
@@ -721,6 +724,7 @@ impl Hub {
             "stun_port": p.stun_port.filter(|_| p.mode != P2pMode::Off),
             "chunk_size": p.chunk_size,
             "signal_timeout_ms": duration_ms(p.signal_timeout),
+            "box_peer": p.box_peer,
         })
     }
 }
@@ -1283,7 +1287,7 @@ mod tests {
         assert_eq!(
             to(&out, 1)[0]["p2p"],
             json!({"mode": "off", "stun_port": null, "chunk_size": 262144,
-                   "signal_timeout_ms": 60000})
+                   "signal_timeout_ms": 60000, "box_peer": false})
         );
         join(&mut hub, clock.at(0), 2, "b");
         for i in 0..30 {
@@ -1314,7 +1318,7 @@ mod tests {
         assert_eq!(
             to(&out, 1)[0]["p2p"],
             json!({"mode": "p2p-first", "stun_port": 40000, "chunk_size": 1048576,
-                   "signal_timeout_ms": 2000})
+                   "signal_timeout_ms": 2000, "box_peer": false})
         );
     }
 
