@@ -8,26 +8,40 @@
 //!
 //! ```no_run
 //! # async fn demo(signal: impl Fn(String) -> String) -> Result<(), Box<dyn std::error::Error>> {
-//! use lanvan::core::peer::{Identity, PeerEvent, PeerLimits};
+//! use lanvan::core::peer::{Identity, PeerEvent};
 //! use lanvan::net::rtc::{Host, HostLimits};
 //! let identity = Identity::new()?; // once per process: certificate + warm crypto
-//! let local = ["192.168.1.20:0".parse()?]; // the LAN address(es) to use
+//! // The LAN address the box is reached from (the /ws socket's local address), port 0.
+//! let local = ["192.168.1.20:0".parse()?];
 //! let (host, events) = Host::bind(&local, identity, HostLimits::default())?;
-//! let runner = smol::spawn(host.clone().run()); // or race it with your own work
-//! let (peer, offer) = host.offer()?; // offer with the `lanvan-chunks` channel
-//! let answer = signal(offer); // rtc_offer / rtc_answer over the box's /ws
-//! host.accept_answer(peer, &answer)?;
-//! while let Ok((id, event)) = events.recv().await {
-//!     match event {
-//!         PeerEvent::Open => { host.send_text(id, r#"{"t":"hello","id":"x","name":"cli","role":"cli","max_requests":16}"#)?; }
-//!         PeerEvent::Text(t) => { /* chunk protocol message */ }
-//!         PeerEvent::Binary(b) => { /* chunk piece */ }
-//!         PeerEvent::Writable => { /* retry writes that returned Ok(false) */ }
-//!         PeerEvent::Closed(reason) => break,
-//!         PeerEvent::Connected => {}
+//! // The host runs beside your work on the same thread (Rc, not Send): race them.
+//! let work = async {
+//!     // Offer (with the `lanvan-chunks` channel), signal, apply the answer. The callback
+//!     // sends `rtc_offer` over the box's /ws and returns the SDP of its `rtc_answer`.
+//!     let peer = host
+//!         .connect(|offer| async move { Ok::<_, std::io::Error>(signal(offer)) })
+//!         .await?;
+//!     while let Ok((id, event)) = events.recv().await {
+//!         match event {
+//!             PeerEvent::Open => {
+//!                 let hello = r#"{"t":"hello","id":"x","name":"cli","role":"cli","max_requests":16}"#;
+//!                 host.send_text(id, hello)?;
+//!             }
+//!             PeerEvent::Text(t) => { /* a chunk protocol message */ }
+//!             PeerEvent::Binary(b) => { /* a chunk piece */ }
+//!             PeerEvent::Writable => { /* retry writes that returned Ok(false) */ }
+//!             PeerEvent::Closed(reason) => break,
+//!             PeerEvent::Connected => {}
+//!         }
 //!     }
-//! }
-//! # drop(runner); Ok(()) }
+//!     Ok::<_, Box<dyn std::error::Error>>(peer)
+//! };
+//! let run = async {
+//!     host.clone().run().await;
+//!     unreachable!()
+//! };
+//! smol::future::or(work, run).await?;
+//! # Ok(()) }
 //! ```
 //!
 //! `send_text`/`send_binary` return `Ok(false)` when the peer's send buffer
@@ -86,6 +100,8 @@ pub enum HostError {
     Busy,
     /// No such peer (it closed).
     Gone,
+    /// The signaling callback of `connect` failed.
+    Signal(String),
     Peer(PeerError),
 }
 
@@ -94,6 +110,7 @@ impl std::fmt::Display for HostError {
         match self {
             HostError::Busy => f.write_str("too many WebRTC peers"),
             HostError::Gone => f.write_str("that WebRTC peer is gone"),
+            HostError::Signal(e) => write!(f, "signaling failed: {e}"),
             HostError::Peer(e) => e.fmt(f),
         }
     }
@@ -105,6 +122,24 @@ impl From<PeerError> for HostError {
     fn from(e: PeerError) -> Self {
         HostError::Peer(e)
     }
+}
+
+/// This machine's LAN IPv4 addresses (not loopback, link-local or unspecified), to bind a
+/// host on when the listen address is unspecified.
+pub fn lan_ipv4s() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut ips: Vec<std::net::IpAddr> = addrs
+        .filter_map(|ifa| {
+            let v4 = ifa.address?.as_sockaddr_in()?.ip();
+            (!v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified())
+                .then_some(std::net::IpAddr::V4(v4))
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 /// The UDP sockets and every peer on them. Lives on one thread.
@@ -197,6 +232,31 @@ impl Host {
             offer_sdp,
         )?;
         Ok((self.insert(peer), sdp))
+    }
+
+    /// The offerer's whole handshake: makes an offer, hands its SDP to `signal` (which
+    /// sends `rtc_offer` over `/ws` and returns the SDP of the box's `rtc_answer`), and
+    /// applies the answer. The channel opens later: wait for `PeerEvent::Open`.
+    pub async fn connect<F, Fut, E>(&self, signal: F) -> Result<PeerId, HostError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<String, E>>,
+        E: std::fmt::Display,
+    {
+        let (id, offer) = self.offer()?;
+        match signal(offer).await {
+            Ok(answer) => match self.accept_answer(id, &answer) {
+                Ok(()) => Ok(id),
+                Err(e) => {
+                    self.close(id, CloseReason::Failed);
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                self.close(id, CloseReason::Failed);
+                Err(HostError::Signal(e.to_string()))
+            }
+        }
     }
 
     /// Applies the answer to an offer made by `offer`.

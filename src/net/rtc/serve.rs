@@ -43,7 +43,7 @@ impl BoxPeers {
             return None;
         }
         let ips: Vec<IpAddr> = if listen.ip().is_unspecified() {
-            lan_ipv4s()
+            super::lan_ipv4s()
         } else {
             vec![listen.ip()]
         };
@@ -98,23 +98,6 @@ impl BoxPeers {
     pub fn count(&self) -> usize {
         self.host.peer_count()
     }
-}
-
-/// The box's LAN IPv4 addresses (not loopback, not link-local).
-fn lan_ipv4s() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    let mut ips: Vec<IpAddr> = addrs
-        .filter_map(|ifa| {
-            let v4 = ifa.address?.as_sockaddr_in()?.ip();
-            (!v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified())
-                .then_some(IpAddr::V4(v4))
-        })
-        .collect();
-    ips.sort();
-    ips.dedup();
-    ips
 }
 
 /// A refusal sent back as the usual error frame.
