@@ -142,11 +142,16 @@ fn the_box_answers_an_offer_and_speaks_the_chunk_protocol_on_the_channel() {
     let status = lv.status();
     assert_eq!(status["p2p"]["box_peer"], true);
     let mut c = Client::new(&lv, "cli-one");
+    let asked = Instant::now();
     let (peer, answer) = c.offer("s1");
     let peer = peer.unwrap_or_else(|| panic!("no answer: {answer}"));
     // The answer names the box's host candidate on loopback: no trickle from the box.
     assert!(answer["sdp"].as_str().unwrap().contains("127.0.0.1"));
     let unknown = talk(&c, peer);
+    eprintln!(
+        "first box peer: rtc_offer to the box's answer on the channel in {:?}",
+        asked.elapsed()
+    );
     assert_eq!(unknown["t"], "error");
     assert_eq!(unknown["code"], "not_found");
     assert_eq!(lv.status()["box_peers"], 1);

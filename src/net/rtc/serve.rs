@@ -51,6 +51,7 @@ impl BoxPeers {
             log::warn!("the box is no WebRTC peer: it has no LAN IPv4 address");
             return None;
         }
+        let started = std::time::Instant::now();
         let identity = match Identity::new() {
             Ok(i) => i,
             Err(e) => {
@@ -71,12 +72,13 @@ impl BoxPeers {
         match Host::bind(&addrs, identity, limits) {
             Ok((host, events)) => {
                 log::info!(
-                    "WebRTC peer on udp {}",
+                    "WebRTC peer on udp {} (certificate and crypto warm-up: {} ms)",
                     host.locals()
                         .iter()
                         .map(|a| a.to_string())
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    started.elapsed().as_millis()
                 );
                 Some((
                     BoxPeers {
