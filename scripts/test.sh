@@ -17,6 +17,7 @@ bash scripts/need-node.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+cargo test --manifest-path src/vendor/sctp-proto/Cargo.toml  # the patched sctp-proto's own tests (src/vendor/sctp-proto/README.md)
 
 # The browser app in headless Chromium (installs Chromium and npm packages when missing).
 bash scripts/test-browser.sh

@@ -139,8 +139,18 @@ export function makeFile(dir, name, size, seed) {
   return { path, size, sha256: sha256(data), name };
 }
 
+// Scratch folders (test files, downloads) go when the test process ends, so runs don't
+// fill /tmp with hundreds of MB each; KEEP=1 keeps them for a post-mortem.
+const scratch = [];
+process.on('exit', () => {
+  if (process.env.KEEP) return;
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
+
 export function tempDir(tag) {
-  return mkdtempSync(join(tmpdir(), `lanvan-${tag}-`));
+  const dir = mkdtempSync(join(tmpdir(), `lanvan-${tag}-`));
+  scratch.push(dir);
+  return dir;
 }
 
 export async function waitFor(cond, ms = 10000, what = 'condition') {
