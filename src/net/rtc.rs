@@ -44,13 +44,20 @@
 //! # Ok(()) }
 //! ```
 //!
+//! For a browser's P2P transfer channel (`lanvan`, docs/protocol.md "P2P transfers") use
+//! `connect_channel(TRANSFER_LABEL, ..)` as the sender, or `answer_channel(sdp,
+//! TRANSFER_LABEL)` for a browser's offer, with the SDP carried by `webrtc_signal`;
+//! trickled browser candidates go to `add_remote_candidate` (`.local` ones fail harmlessly).
+//!
 //! `send_text`/`send_binary` return `Ok(false)` when the peer's send buffer
 //! (`PeerLimits::send_buffer`) is full; `PeerEvent::Writable` says when to try again.
 //! The box's use of it (signaling over `/ws`, serving chunks) is in [`serve`].
 
 pub mod serve;
 
-use crate::core::peer::{CloseReason, Identity, Peer, PeerError, PeerEvent, PeerLimits, Transmit};
+use crate::core::peer::{
+    CloseReason, Identity, Peer, PeerError, PeerEvent, PeerLimits, Transmit, CHUNKS_LABEL,
+};
 use smol::channel::{Receiver, Sender};
 use smol::{Async, Timer};
 use std::cell::RefCell;
@@ -210,12 +217,19 @@ impl Host {
 
     /// Starts an offering peer with the `lanvan-chunks` channel; returns its offer SDP.
     pub fn offer(&self) -> Result<(PeerId, String), HostError> {
+        self.offer_channel(CHUNKS_LABEL)
+    }
+
+    /// `offer` with a channel of another label (`TRANSFER_LABEL` for the CLI's sends to a
+    /// browser, which speak the P2P transfer framing).
+    pub fn offer_channel(&self, label: &str) -> Result<(PeerId, String), HostError> {
         self.room()?;
-        let (peer, sdp) = Peer::offer(
+        let (peer, sdp) = Peer::offer_channel(
             &self.identity,
             &self.limits.peer,
             Instant::now(),
             &self.locals,
+            label,
         )?;
         Ok((self.insert(peer), sdp))
     }
@@ -223,13 +237,24 @@ impl Host {
     /// Answers a remote offer with a new peer; returns the answer SDP (with the host
     /// candidates in it: no trickle from this side).
     pub fn answer(&self, offer_sdp: &str) -> Result<(PeerId, String), HostError> {
+        self.answer_channel(offer_sdp, CHUNKS_LABEL)
+    }
+
+    /// `answer` for an offer whose channel has another label (a browser's `lanvan`
+    /// transfer channel, answered by `lanvan receive`).
+    pub fn answer_channel(
+        &self,
+        offer_sdp: &str,
+        label: &str,
+    ) -> Result<(PeerId, String), HostError> {
         self.room()?;
-        let (peer, sdp) = Peer::answer(
+        let (peer, sdp) = Peer::answer_channel(
             &self.identity,
             &self.limits.peer,
             Instant::now(),
             &self.locals,
             offer_sdp,
+            label,
         )?;
         Ok((self.insert(peer), sdp))
     }
@@ -243,7 +268,21 @@ impl Host {
         Fut: std::future::Future<Output = Result<String, E>>,
         E: std::fmt::Display,
     {
-        let (id, offer) = self.offer()?;
+        self.connect_channel(CHUNKS_LABEL, signal).await
+    }
+
+    /// `connect` with a channel of another label (`TRANSFER_LABEL` for a browser).
+    pub async fn connect_channel<F, Fut, E>(
+        &self,
+        label: &str,
+        signal: F,
+    ) -> Result<PeerId, HostError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<String, E>>,
+        E: std::fmt::Display,
+    {
+        let (id, offer) = self.offer_channel(label)?;
         match signal(offer).await {
             Ok(answer) => match self.accept_answer(id, &answer) {
                 Ok(()) => Ok(id),
