@@ -158,7 +158,8 @@ pub enum PeerEvent {
     Text(String),
     /// A binary message on the channel.
     Binary(Vec<u8>),
-    /// The send buffer drained below half: writes that were refused may be retried.
+    /// The send buffer drained below half: writes that were refused (or held back because
+    /// `buffered()` was high) may go ahead.
     Writable,
     /// The peer is over; nothing more comes from it.
     Closed(CloseReason),
@@ -508,10 +509,14 @@ impl Peer {
             }
             // Other channels are ignored: a peer speaks one protocol on one channel.
             Event::ChannelOpen(id, label)
-                if label == self.label
-                    && (self.channel.is_none() || self.channel == Some(id)) =>
+                if label == self.label && (self.channel.is_none() || self.channel == Some(id)) =>
             {
                 self.channel = Some(id);
+                // `Writable` whenever the buffer drains below half, not only after a refused
+                // write: a sender that checks `buffered()` before writing never gets refused.
+                if let Some(mut ch) = self.rtc.channel(id) {
+                    ch.set_buffered_amount_low_threshold(self.limits.send_buffer / 2);
+                }
                 self.events.push_back(PeerEvent::Open);
             }
             Event::ChannelData(d) if Some(d.id) == self.channel => {
