@@ -73,6 +73,9 @@ pub type PeerId = u64;
 /// Where a host's events arrive, in order per peer.
 pub type Events = Receiver<(PeerId, PeerEvent)>;
 
+/// Kernel buffer asked for on each UDP socket, each way.
+const SOCKET_BUFFER: usize = 2 * 1024 * 1024;
+
 /// Largest datagram read; WebRTC keeps datagrams under the path MTU (about 1200-1500).
 const MAX_DATAGRAM: usize = 2048;
 
@@ -186,6 +189,12 @@ impl Host {
         let mut locals = Vec::new();
         for a in addrs {
             let s = Async::<UdpSocket>::bind(*a)?;
+            // A data channel bursts up to its send buffer at once: with the default receive
+            // buffer (~200 KiB) the kernel drops part of a burst and SCTP must recover it.
+            // Best effort: the kernel caps it at net.core.rmem_max.
+            use nix::sys::socket::{setsockopt, sockopt};
+            let _ = setsockopt(s.get_ref(), sockopt::RcvBuf, &SOCKET_BUFFER);
+            let _ = setsockopt(s.get_ref(), sockopt::SndBuf, &SOCKET_BUFFER);
             locals.push(s.get_ref().local_addr()?);
             sockets.push(s);
         }
