@@ -9,6 +9,7 @@ import { Clipboard } from './clipboard.js';
 import { DeviceList } from './devices.js';
 import { Sends } from './send.js';
 import { P2P } from './p2p.js';
+import { Swarm } from './swarm.js';
 import { describeError, toast } from './ui.js';
 
 const $ = (id) => document.getElementById(id);
@@ -25,13 +26,15 @@ const p2p = new P2P(conn, sends, {
   card: $('p2p-card'), mode: $('p2p-mode'), status: $('p2p-status'), statusText: $('p2p-status-text'),
   list: $('p2p-devices'), empty: $('p2p-empty'), dialog: $('p2p-request'),
 });
+const swarm = new Swarm(conn, p2p);
+files.swarm = swarm;
 new Clipboard(conn, {
   form: $('clip-form'), text: $('clip-text'), send: $('clip-send'), current: $('clip-current'),
   historyBox: $('clip-history-box'), history: $('clip-history'), historyCount: $('clip-history-count'),
 });
 
 // For modules added later (relay.js) and for tests.
-window.lanvan = { me, conn, uploader, files, sends, p2p };
+window.lanvan = { me, conn, uploader, files, sends, p2p, swarm };
 
 // Connection indicator.
 const STATES = { open: 'Connected', connecting: 'Connecting…' };
@@ -60,7 +63,7 @@ conn.on('file_deleted', (m) => files.deleted(m.name));
 conn.on('error', (m) => {
   // Relay errors reach the transfer they belong to (send.js), P2P errors p2p.js.
   const ref = String(m.ref_type || '');
-  if (m.code !== 'not_implemented' && !/^(relay_|p2p_|webrtc_|enable_p2p)/.test(ref)) {
+  if (m.code !== 'not_implemented' && !/^(relay_|p2p_|webrtc_|enable_p2p|rtc_|announce|query)/.test(ref)) {
     toast(describeError(m.code, m.message));
   }
 });
@@ -81,6 +84,7 @@ $('me-form').addEventListener('submit', (e) => {
 for (const id of ['pick-files', 'pick-folder']) {
   $(id).addEventListener('change', (e) => {
     uploader.add([...e.target.files]);
+    swarm.picked([...e.target.files]);
     e.target.value = '';
   });
 }
@@ -111,7 +115,9 @@ addEventListener('drop', async (e) => {
   e.preventDefault();
   dragDepth = 0;
   zone.hidden = true;
-  uploader.add(await droppedFiles(e.dataTransfer));
+  const dropped = await droppedFiles(e.dataTransfer);
+  uploader.add(dropped);
+  swarm.picked(dropped);
 });
 
 /** Files from a drop, with the files inside dropped folders (flattened). */

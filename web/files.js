@@ -11,6 +11,7 @@ export class FileList {
     this.count = count;
     this.files = new Map(); // name → entry
     this.clockOffset = 0; // box time − local time, in ms
+    this.swarm = null; // swarm.js: downloads from the box and other devices at once
     setInterval(() => this.render(), 30000);
   }
 
@@ -46,12 +47,22 @@ export class FileList {
   row(f, now) {
     const href = `/api/files/${encodeURIComponent(f.name)}`;
     const from = f.uploaded_by ? ` · from ${f.uploaded_by}` : '';
+    // When the box is a WebRTC peer, a download takes chunks from it and from every other
+    // device that holds the file (swarm.js); the plain link is what it falls back to.
+    const download = (e) => {
+      if (!this.swarm?.usable()) return;
+      e.preventDefault();
+      this.swarm.start(f, e.currentTarget.closest('li.file'));
+    };
     return el('li', { class: 'file', 'data-name': f.name },
       el('div', { class: 'info' },
-        el('a', { class: 'name', href, download: f.name, title: f.name }, f.name),
-        el('span', { class: 'meta' }, `${formatBytes(f.size)} · ${formatAge(f.modified, now)}${from}`)),
+        el('a', { class: 'name', href, download: f.name, title: f.name, onclick: download }, f.name),
+        el('span', { class: 'meta' }, `${formatBytes(f.size)} · ${formatAge(f.modified, now)}${from}`),
+        this.swarm?.rowPart(f.name)),
       el('div', { class: 'actions' },
-        el('a', { class: 'btn small', href, download: f.name, 'aria-label': `Download ${f.name}` }, 'Download'),
+        el('a', {
+          class: 'btn small', href, download: f.name, 'aria-label': `Download ${f.name}`, onclick: download,
+        }, 'Download'),
         el('button', {
           class: 'btn small danger', type: 'button', 'aria-label': `Delete ${f.name}`,
           onclick: () => this.remove(f.name),

@@ -61,6 +61,9 @@ export class P2P {
     this.moving = new Set(); // sends that fell back to the box and are still running
     this.failedAt = 0;
     this.log = log;
+    this.swarm = null; // swarm.js sets itself here: it serves and opens chunk channels
+    this.swarmAccepted = new Set(); // request ids accepted for a swarm download
+
     sends.p2p = this;
 
     conn.on('welcome', (m) => this.welcome(m));
@@ -186,6 +189,14 @@ export class P2P {
   }
 
   requested(m) {
+    // A page downloading a file this page announced: served without asking (it serves only
+    // what it announced); anything else under that purpose is declined, never prompted.
+    if (m.purpose === 'swarm') {
+      const ok = this.enabled && !!this.swarm?.serves(m.manifest);
+      if (ok) this.swarmAccepted.add(m.request_id);
+      this.conn.send({ type: ok ? 'p2p_accept' : 'p2p_decline', from: m.from, to: this.me });
+      return;
+    }
     // Both asked each other at once: the device with the larger id takes the other's
     // request, the other lets its copy time out, so one connection is made, not two.
     if (this.links.get(m.from)?.state === 'requested') {
@@ -232,7 +243,9 @@ export class P2P {
 
   declined(from) {
     const link = this.links.get(from);
-    if (link && link.state === 'requested') {
+    if (link && link.state === 'requested' && link.purpose === 'swarm') {
+      link.close('declined');
+    } else if (link && link.state === 'requested') {
       link.state = 'declined';
       toast(`${this.nameOf(from)} declined the direct connection.`, 'info');
       link.waiters.splice(0).forEach((w) => w(false));
@@ -247,6 +260,7 @@ export class P2P {
       link = new Link(this, peer, rid);
       this.links.set(peer, link);
     }
+    if (this.swarmAccepted.delete(rid)) link.purpose = 'swarm';
     link.requestId = rid;
     if (link.state === 'requested') link.state = 'connecting';
     this.render();
@@ -262,6 +276,36 @@ export class P2P {
     const link = m.request_id != null ? this.byRequest(m.request_id) : this.links.get(m.from_device_id);
     if (!link) return;
     link.signal(kind, m).catch((e) => link.fail(`signaling: ${e.message || e}`));
+  }
+
+  /**
+   * A `lanvan-chunks` channel to `peer` for a multi-source download of `manifest`
+   * (swarm.js): on the connection already open to it, or through a P2P request with
+   * `purpose: "swarm"`, which a page holding the manifest accepts by itself. Resolves
+   * `{dc, close}` once the channel is open; rejects after `ms` or when the link fails.
+   */
+  swarmChannel(peer, manifest, ms) {
+    const old = this.links.get(peer);
+    if (old && ['requested', 'connecting'].includes(old.state)) return Promise.reject(new Error('a connection to it is being made'));
+    let link = old;
+    if (old?.state === 'connected' && old.pc) {
+      const dc = old.pc.createDataChannel(SWARM_LABEL, { ordered: true });
+      return opening(dc, ms).then(() => ({ dc, close: () => { try { dc.close(); } catch { /* closed */ } } }));
+    }
+    link = new Link(this, peer, null);
+    link.state = 'requested';
+    link.purpose = 'swarm';
+    this.links.set(peer, link);
+    this.conn.send({ type: 'p2p_request', from: this.me, to: peer, purpose: 'swarm', manifest });
+    this.render();
+    return new Promise((res, rej) => {
+      const t = setTimeout(() => { link.close('no swarm channel in time'); rej(new Error('no channel in time')); }, ms);
+      link.chunkWaiters.push((dc) => {
+        clearTimeout(t);
+        if (dc) res({ dc, close: () => link.close('download done') });
+        else rej(new Error('the connection failed'));
+      });
+    });
   }
 
   /**
@@ -388,6 +432,9 @@ class Link {
     this.waiters = [];
     this.startedAt = now();
     this.timer = null;
+    this.purpose = 'send'; // send | swarm (made for a multi-source download)
+    this.chunkWaiters = []; // swarm: called with the chunk channel once open, or null
+    this.chunkChannels = new Set();
   }
 
   usable() {
@@ -423,16 +470,49 @@ class Link {
       if (s === 'failed' || s === 'closed') this.fail(`the direct connection ${s}`);
       else if (s === 'disconnected') this.interrupted('the direct connection dropped');
     };
-    if (initiator) {
+    // Channels the other side opens: the transfer channel, or chunk channels (swarm.js).
+    pc.ondatachannel = (e) => {
+      if (e.channel.label === SWARM_LABEL) this.chunkChannel(e.channel, false);
+      else this.attach(e.channel);
+    };
+    if (initiator && this.purpose === 'swarm') {
+      this.chunkChannel(pc.createDataChannel(SWARM_LABEL, { ordered: true }), true);
+      pc.createOffer()
+        .then((offer) => pc.setLocalDescription(offer))
+        .then(() => this.sendSignal('offer', { offer: plain(pc.localDescription) }))
+        .catch((e) => this.fail(`could not make an offer: ${e.message || e}`));
+    } else if (initiator) {
       this.attach(pc.createDataChannel('lanvan', { ordered: true }));
       pc.createOffer()
         .then((offer) => pc.setLocalDescription(offer))
         .then(() => this.sendSignal('offer', { offer: plain(pc.localDescription) }))
         .catch((e) => this.fail(`could not make an offer: ${e.message || e}`));
-    } else {
-      pc.ondatachannel = (e) => this.attach(e.channel);
     }
     this.p2p.render();
+  }
+
+  /**
+   * A `lanvan-chunks` channel on this connection: the downloader's (`mine`) goes to the
+   * download waiting for it, the other side's to this page's swarm, which serves it.
+   */
+  chunkChannel(dc, mine) {
+    this.chunkChannels.add(dc);
+    const open = () => {
+      if (this.state !== 'connected') {
+        clearTimeout(this.timer);
+        this.state = 'connected';
+        record({ event: 'connected', peer: this.peer, request_id: this.requestId, purpose: this.purpose, setup_ms: Math.round(now() - this.startedAt) });
+        if (this.initiator) {
+          this.p2p.conn.send({ type: 'p2p_connection_established', request_id: this.requestId, peer_device_id: this.peer });
+        }
+        this.p2p.render();
+      }
+      if (mine) this.chunkWaiters.splice(0).forEach((w) => w(dc));
+      else if (this.p2p.swarm) this.p2p.swarm.serve(dc, this);
+      else dc.close();
+    };
+    dc.addEventListener('close', () => this.chunkChannels.delete(dc));
+    if (dc.readyState === 'open') open(); else dc.addEventListener('open', open, { once: true });
   }
 
   sendSignal(kind, body) {
@@ -552,9 +632,11 @@ class Link {
     if (this.state === 'failed' || this.state === 'closed') return;
     const wasConnected = this.state === 'connected';
     this.state = 'failed';
-    this.p2p.failedAt = now();
-    record({ event: 'link_failed', peer: this.peer, reason: why, was_connected: wasConnected });
+    record({ event: 'link_failed', peer: this.peer, reason: why, was_connected: wasConnected, purpose: this.purpose });
     this.end(why);
+    // A download's extra source that failed is the download's business (swarm.js), not news.
+    if (this.purpose === 'swarm') return;
+    this.p2p.failedAt = now();
     if (!wasConnected) toast(`P2P with ${this.p2p.nameOf(this.peer)} failed: ${why}. Files go through the box.`, 'info');
   }
 
@@ -566,6 +648,8 @@ class Link {
 
   end(why) {
     clearTimeout(this.timer);
+    this.chunkWaiters.splice(0).forEach((w) => w(null));
+    for (const dc of this.chunkChannels) try { dc.close(); } catch { /* closed */ }
     this.interrupted(why);
     for (const rx of this.receives.values()) rx.channelLost();
     this.waiters.splice(0).forEach((w) => w(false));
@@ -585,6 +669,19 @@ function badOffer(m) {
   if (!int(m.chunk_size) || m.chunk_size === 0 || m.chunk_size > MAX_CHUNK) return 'bad chunk size';
   if (m.chunks !== Math.ceil(m.size / m.chunk_size)) return 'bad chunk count';
   return null;
+}
+
+/** The chunk protocol's channel label (docs/protocol.md "Chunk protocol", web/swarm.js). */
+const SWARM_LABEL = 'lanvan-chunks';
+
+/** Resolves when `dc` opens; rejects when it closes first or after `ms`. */
+function opening(dc, ms) {
+  if (dc.readyState === 'open') return Promise.resolve(dc);
+  return new Promise((res, rej) => {
+    const t = setTimeout(() => { try { dc.close(); } catch { /* */ } rej(new Error('the channel did not open in time')); }, ms);
+    dc.addEventListener('open', () => { clearTimeout(t); res(dc); }, { once: true });
+    dc.addEventListener('close', () => { clearTimeout(t); rej(new Error('the channel closed')); }, { once: true });
+  });
 }
 
 /** An RTCSessionDescription as a plain object, and back from what a peer sent. */
