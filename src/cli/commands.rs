@@ -385,13 +385,6 @@ pub fn send(a: Send) -> Result<()> {
             Err("P2P is off on the box".to_string())
         } else if target["p2p"] != true {
             Err(format!("{whom} has P2P off"))
-        } else if target["kind"] != "cli" {
-            // The WebRTC peer makes only `lanvan-chunks` channels, which a page now takes
-            // for the chunk protocol; a page's transfers need a `lanvan` channel
-            // (docs/protocol.md, "The command line as a P2P peer").
-            Err(format!(
-                "{whom} is a browser: direct sends to browsers are not ready yet"
-            ))
         } else {
             s.local_ip()
                 .ok_or_else(|| "no local address".to_string())

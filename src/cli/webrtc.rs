@@ -32,16 +32,18 @@ impl HostRtc {
 }
 
 impl Rtc for HostRtc {
-    fn offer(&mut self, _label: &str) -> Result<String, String> {
-        // The host makes its one channel itself (see docs/protocol.md, "The command line
-        // as a P2P peer"): a page takes whatever channel its peer makes.
-        let (id, sdp) = self.host.offer().map_err(|e| e.to_string())?;
+    fn offer(&mut self, label: &str) -> Result<String, String> {
+        let (id, sdp) = self.host.offer_channel(label).map_err(|e| e.to_string())?;
         self.peer = Some(id);
         Ok(sdp)
     }
 
     fn answer(&mut self, offer: &str) -> Result<String, String> {
-        let (id, sdp) = self.host.answer(offer).map_err(|e| e.to_string())?;
+        // Direct sends (a page's or another terminal's) come on the transfer channel.
+        let (id, sdp) = self
+            .host
+            .answer_channel(offer, super::direct::LABEL)
+            .map_err(|e| e.to_string())?;
         self.peer = Some(id);
         Ok(sdp)
     }

@@ -144,12 +144,7 @@ test('CLI: a page sends to `lanvan receive` through the box; SHA-256 matches', {
   rmSync(dir, { recursive: true, force: true });
 });
 
-// Both wait for a channel label in the WebRTC peer (docs/protocol.md, "The command line as a
-// P2P peer"): the peer makes only `lanvan-chunks`, which the page takes for the chunk
-// protocol, so the CLI sends to browsers through the box for now.
-const LABEL_TODO = 'needs a `lanvan` channel from src/core/peer.rs';
-
-test('CLI: `lanvan send` to a page over a data channel; SHA-256 matches, the box carries no file bytes', { timeout: 120000, todo: LABEL_TODO }, async () => {
+test('CLI: `lanvan send` to a page over a data channel; SHA-256 matches, the box carries no file bytes', { timeout: 120000 }, async () => {
   const p = await p2pPage();
   const f = makeFile(files, 'cli direct 6MiB.bin', 6 * MiB + 3, 41);
   const before = (await box.json('/api/status')).bytes_in;
@@ -165,7 +160,7 @@ test('CLI: `lanvan send` to a page over a data channel; SHA-256 matches, the box
   await p.context.close();
 });
 
-test('CLI: with UDP between the CLI and the page blocked, the send falls back to the relay; SHA-256 matches', { timeout: 120000, todo: LABEL_TODO }, async () => {
+test('CLI: with UDP between the CLI and the page blocked, the send falls back to the relay; SHA-256 matches', { timeout: 120000 }, async () => {
   const p = await p2pPage();
   const f = makeFile(files, 'cli fallback 3MiB.bin', 3 * MiB + 9, 51);
   cut();
