@@ -139,20 +139,28 @@ test('swarm: the other page closing mid-download leaves the box to finish it', {
   const b = await seeder(file);
   const a = await device();
   let closedAt = null;
+  let gotAtClose = 0;
   const { hash, result } = await download(a, file, async () => {
     // B has sent A some chunks and A is not done: B's page goes away.
     await a.page.waitForFunction((id) => {
       const dl = window.lanvan.swarm.active;
       return dl && dl.state === 'running' && dl.sources.get(`page:${id}`)?.got > 0;
     }, b.id, { polling: 10, timeout: 60000 });
-    closedAt = await a.page.evaluate(() => window.lanvan.swarm.active.plan.written / window.lanvan.swarm.active.plan.n);
+    [closedAt, gotAtClose] = await a.page.evaluate((id) => {
+      const dl = window.lanvan.swarm.active;
+      return [dl.plan.written / dl.plan.n, dl.sources.get(`page:${id}`).got];
+    }, b.id);
     await b.context.close();
   });
   assert.equal(hash, file.sha256);
   assert.ok(closedAt < 0.9, `B left mid-download (at ${Math.round(closedAt * 100)}%)`);
+  // Chunks B still owed were fetched elsewhere (reassigned when B was noticed gone, or
+  // duplicated in the endgame): B delivered nothing after it left but pieces on the wire.
+  const fromB = result.counts[`page:${b.id}`];
+  assert.ok(fromB > 0 && fromB <= gotAtClose + 4, `B sent ${fromB} chunks, ${gotAtClose} before it left`);
+  assert.ok(result.counts.box > 0, JSON.stringify(result.counts));
   const lost = (await log(a)).find((e) => e.event === 'source_lost' && e.source === `page:${b.id}`);
-  assert.ok(lost, 'A noticed B leave');
-  assert.ok(result.counts.box > 0 && result.counts[`page:${b.id}`] > 0, JSON.stringify(result.counts));
+  console.log(`# B left at ${Math.round(closedAt * 100)}% after ${gotAtClose} chunks; ${lost ? `noticed: ${lost.why}` : 'its chunks were taken over in the endgame'}`);
   assert.equal(result.counts.box + result.counts[`page:${b.id}`], file.chunks);
   await a.context.close();
 });
