@@ -21,7 +21,7 @@ cargo build --quiet --bin lanvan
 export LANVAN_BIN="$CARGO_TARGET_DIR/debug/lanvan"
 mkdir -p test-artifacts
 set +e
-bash scripts/netns-lan.sh node --test --test-concurrency=1 "$@" tests/browser/p2p.test.mjs tests/browser/swarm.test.mjs
+bash scripts/netns-lan.sh node --test --test-concurrency=1 "$@" tests/browser/p2p.test.mjs tests/browser/cli.test.mjs tests/browser/swarm.test.mjs
 rc=$?
 set -e
 if [ $rc = 77 ]; then

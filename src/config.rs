@@ -73,6 +73,9 @@ pub struct StoreConfig {
     pub max_name_bytes: usize,
     /// Chunk bodies in memory at once across all uploads (each up to max_chunk_size).
     pub max_chunks_in_flight: usize,
+    /// Chunk manifests of stored files kept in memory (each 32 bytes per chunk); the rest
+    /// are read back from `.lanvan/manifests/` when needed.
+    pub max_cached_manifests: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -202,6 +205,8 @@ pub struct P2pConfig {
     pub max_family_devices: usize,
     /// STUN datagrams read per wake-up of the event loop before other work gets a turn.
     pub stun_batch: usize,
+    /// Manifests one device may `announce` to the tracker at once.
+    pub max_announced: usize,
     /// WebRTC peers the box itself holds at once (the box as a chunk source, `rtc_offer`).
     pub max_box_peers: usize,
     /// Box peers one device's socket may hold at once.
@@ -229,6 +234,7 @@ impl Default for P2pConfig {
             max_families: 64,
             max_family_devices: 32,
             stun_batch: 64,
+            max_announced: 64,
             max_box_peers: 16,
             max_box_peers_per_device: 2,
             box_peer_timeout_secs: 5,
@@ -344,6 +350,7 @@ impl Default for StoreConfig {
             max_files: 10_000,
             max_name_bytes: 200,
             max_chunks_in_flight: 8,
+            max_cached_manifests: 16,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! files on disk, `net` the smol shell that serves them; `config` the settings.
 
 pub mod board;
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod logger;

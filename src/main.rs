@@ -1,5 +1,6 @@
 //! The `lanvan` command line: `lanvan serve` runs the box; `lanvan config` prints the
-//! settings it would run with. Parses arguments and hands over; holds no logic of its own.
+//! settings it would run with; `ls`, `clip`, `get`, `send` and `receive` are a peer of a
+//! box (`lanvan::cli`). Parses arguments and hands over; holds no logic of its own.
 
 use clap::{Args, Parser, Subcommand};
 use lanvan::config::Config;
@@ -38,6 +39,16 @@ enum Command {
     Config(Settings),
     /// List the LANVan boxes on this network (by mDNS): name, address to open, version.
     Discover(Discover),
+    /// List the files stored on the box: name, size, age.
+    Ls(lanvan::cli::Ls),
+    /// Print the shared clipboard, or set it to TEXT (`-` reads stdin).
+    Clip(lanvan::cli::Clip),
+    /// Download a stored file, checked by SHA-256; an interrupted download resumes.
+    Get(lanvan::cli::Get),
+    /// Send a file to another device (directly when it can, else through the box).
+    Send(lanvan::cli::Send),
+    /// Wait for files sent to this terminal and save them.
+    Receive(lanvan::cli::Receive),
 }
 
 /// `lanvan discover`: exits 0 when a box (or the --host name) answered, 1 when none did.
@@ -126,7 +137,13 @@ impl Settings {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    use lanvan::cli::{commands, exit};
     let result = match cli.command {
+        Command::Ls(a) => return exit(commands::ls(a)),
+        Command::Clip(a) => return exit(commands::clip(a)),
+        Command::Get(a) => return exit(commands::get(a)),
+        Command::Send(a) => return exit(commands::send(a)),
+        Command::Receive(a) => return exit(commands::receive(a)),
         Command::Serve(s) => s.load().and_then(|(cfg, board)| {
             lanvan::logger::init(&cfg.log_level);
             log::info!("board: {} ({})", board.board.name, board.why);
@@ -177,5 +194,16 @@ fn main() -> ExitCode {
             eprintln!("lanvan: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_parses_its_arguments_without_clashes() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
     }
 }

@@ -7,6 +7,7 @@
 
 mod family;
 mod p2p;
+mod tracker;
 
 pub use p2p::P2pLimits;
 
@@ -336,6 +337,8 @@ pub struct Hub {
     p2p: p2p::P2p,
     /// Sockets on `/signal` and their families.
     families: family::Families,
+    /// Manifests announced by P2P devices (chunk tracker).
+    tracker: tracker::Tracker,
 }
 
 // Lifecycle: connections come and go.
@@ -348,6 +351,7 @@ impl Hub {
             clipboard: Clipboard::default(),
             p2p: p2p::P2p::default(),
             families: family::Families::default(),
+            tracker: tracker::Tracker::default(),
         }
     }
 
@@ -614,6 +618,8 @@ impl Hub {
             }
             "p2p_connection_established" => self.on_p2p_established(conn, msg, out),
             "p2p_close" => self.on_p2p_close(conn, msg, out),
+            "announce" => self.on_announce(conn, msg, out),
+            "query" => self.on_query(conn, msg, out),
             t => Err(Reject::new(
                 "unknown_type",
                 format!("unknown message type `{t}`"),

@@ -2,6 +2,7 @@
 //! a thread or the clock; time comes in as an argument. The smol shell in `net` and the
 //! disk side in `store` drive these types.
 
+pub mod chunks;
 pub mod hash;
 pub mod hub;
 pub mod names;

@@ -69,6 +69,13 @@ pub async fn handle(app: &Rc<App>, conn: &mut Conn, req: &Request) -> Response {
         ),
         ("GET", ["api", "qr.svg"]) => web::qr(req, &app.cfg.listen),
         ("GET", ["api", "files", name]) => download(app, req, name),
+        ("GET", ["api", "files", name, "manifest"]) => {
+            let chunk_size = app.cfg.relay.chunk_size as u32;
+            match app.store.manifest(name, chunk_size).await {
+                Ok(m) => Response::json(200, &m.to_json()),
+                Err(e) => store_error(&e),
+            }
+        }
         ("DELETE", ["api", "files", name]) => match app.store.delete(name).await {
             Ok(entry) => {
                 app.announce(json!({"type": "file_deleted", "name": entry.name}));

@@ -202,6 +202,13 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         cfg,
     });
 
+    // `query_result.box`: the tracker asks the store, which never computes on a query.
+    let weak = Rc::downgrade(&app);
+    let lookup = move |id: &crate::core::hash::Digest| {
+        weak.upgrade().is_some_and(|a| a.store.has_manifest(id))
+    };
+    app.hub.borrow_mut().set_box_manifests(Rc::new(lookup));
+
     let ex = LocalExecutor::new();
     smol::block_on(ex.run(async {
         log::info!(

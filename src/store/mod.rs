@@ -5,8 +5,10 @@
 
 pub mod disk;
 pub mod inbox;
+pub mod manifest;
 
 use crate::config::StoreConfig;
+use crate::core::chunks::Manifest;
 use crate::core::hash::Digest;
 use crate::core::names;
 use crate::core::upload::{self, ChunkSet, Plan};
@@ -327,6 +329,8 @@ pub struct Store {
     saving_slots: smol::lock::Semaphore,
     /// Bytes held outside `files/` and uploads that count against the quota (relay inboxes).
     pub external_bytes: Cell<u64>,
+    /// Chunk manifests of stored files (SPEC8 §1), computed on first request.
+    manifests: manifest::Manifests,
 }
 
 /// Room for one chunk body in memory; held while the chunk is received and stored.
@@ -352,6 +356,7 @@ impl Store {
         fs::create_dir_all(&files_dir)?;
         fs::create_dir_all(&uploads_dir)?;
         let index_path = meta.join("index.json");
+        let cfg_max_cached = cfg.max_cached_manifests;
         let store = Store {
             chunk_slots: smol::lock::Semaphore::new(cfg.max_chunks_in_flight),
             saving: Cell::new(None),
@@ -366,9 +371,14 @@ impl Store {
             uploads: RefCell::default(),
             claimed_names: RefCell::default(),
             external_bytes: Cell::new(0),
+            manifests: manifest::Manifests::open(&meta.join("manifests"), cfg_max_cached)?,
         };
         store.load_files()?;
         store.load_uploads()?;
+        // Manifests of contents no longer stored (deleted while the box was off).
+        let by_hash = store.by_hash.borrow();
+        store.manifests.prune(|sha| by_hash.contains_key(sha));
+        drop(by_hash);
         Ok(store)
     }
 
@@ -979,6 +989,9 @@ impl Store {
                 };
             }
         }
+        if !self.by_hash.borrow().contains_key(&entry.sha256) {
+            self.manifests.forget(&entry.sha256).await;
+        }
         let path = self.files_dir.join(name);
         let removed = self.disk.run(move || fs::remove_file(path)).await;
         match removed {
@@ -987,6 +1000,91 @@ impl Store {
         }
         self.save_index().await;
         Ok(entry)
+    }
+
+    // --- chunk manifests (SPEC8 §1) -----------------------------------------------------
+
+    /// The manifest of stored file `name` cut into `chunk_size` chunks, computed off the
+    /// loop on first request and kept on disk. Its `name` is this file's.
+    pub async fn manifest(&self, name: &str, chunk_size: u32) -> Result<Manifest, StoreError> {
+        let entry = self.file(name).ok_or(StoreError::FileNotFound)?;
+        let path = self.files_dir.join(&entry.name);
+        match self
+            .manifests
+            .of_file(path, (entry.sha256, chunk_size))
+            .await
+        {
+            Ok(m) => {
+                let mut m = (*m).clone();
+                m.name = entry.name;
+                Ok(m)
+            }
+            // Deleted or replaced meanwhile.
+            Err(_) if self.file(name).is_none_or(|e| e.sha256 != entry.sha256) => {
+                Err(StoreError::FileNotFound)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether a stored file has the manifest `id` and the box has computed it. Never
+    /// computes anything (the tracker's `query_result.box`).
+    pub fn has_manifest(&self, id: &Digest) -> bool {
+        self.manifests
+            .key_of(id)
+            .is_some_and(|(sha, _)| self.by_hash.borrow().contains_key(&sha))
+    }
+
+    /// A computed manifest of a stored file by manifest hash, read from disk if it is not in
+    /// memory. None if no stored file has it (or it was never computed).
+    pub async fn manifest_by_id(&self, id: &Digest) -> Option<Arc<Manifest>> {
+        if !self.has_manifest(id) {
+            return None;
+        }
+        self.manifests.load(id).await
+    }
+
+    /// The same, from memory only (for a synchronous `chunks::Library`); call
+    /// `manifest_by_id` first to bring it in.
+    pub fn cached_manifest_by_id(&self, id: &Digest) -> Option<Arc<Manifest>> {
+        if !self.has_manifest(id) {
+            return None;
+        }
+        self.manifests.cached(id)
+    }
+
+    /// Brings the manifest a chunk-protocol message names into memory, so the synchronous
+    /// `chunks::Library` lookups (`impl Library for Store`) find it. Await it before handing
+    /// the message to a `chunks::Seeder`.
+    pub async fn prepare_for(&self, msg: &crate::core::chunks::Message) {
+        use crate::core::chunks::Message as M;
+        if let M::Query { manifest }
+        | M::GetManifest { manifest }
+        | M::RequestChunk { manifest, .. } = msg
+        {
+            self.manifest_by_id(manifest).await;
+        }
+    }
+
+    /// Reads chunk `index` of the stored file that has manifest `m` (pread, off the loop).
+    /// The caller checks the bytes against the chunk's SHA-256 (`chunks::Seeder` does).
+    pub async fn read_chunk(&self, m: &Manifest, index: u32) -> Result<Vec<u8>, StoreError> {
+        let (sha, _) = self
+            .manifests
+            .key_of(&m.id())
+            .ok_or(StoreError::FileNotFound)?;
+        let name = self.by_hash.borrow().get(&sha).cloned();
+        let path = self.files_dir.join(name.ok_or(StoreError::FileNotFound)?);
+        let (offset, len) = (m.chunk_offset(index), m.chunk_len(index));
+        smol::unblock(move || manifest::read_at(&path, offset, len))
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => StoreError::FileNotFound,
+                io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof => {
+                    StoreError::ChunkOutOfRange { index, chunks: 0 }
+                }
+                _ => e.into(),
+            })
     }
 
     fn snapshot(&self) -> Vec<FileEntry> {
@@ -1099,4 +1197,75 @@ fn new_id() -> String {
         bytes = (unix_ms() ^ (n << 48)).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The box serves every computed manifest of a stored file, whole. Lookups are in memory
+/// only: `Store::prepare_for` loads what a message needs first.
+impl crate::core::chunks::Library for Store {
+    fn manifest(&self, id: &Digest) -> Option<Arc<Manifest>> {
+        self.cached_manifest_by_id(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Rust API the box's chunk server uses: manifest by name, by manifest hash, chunk
+    /// reads, and all of it gone with the file.
+    #[test]
+    fn manifests_and_chunk_reads_follow_the_stored_files() {
+        let root =
+            std::env::temp_dir().join(format!("lanvan-store-manifest-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("files")).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        fs::write(root.join("files/a.bin"), &data).unwrap();
+        let store = Store::open(&root, StoreConfig::default(), Disk::start(4)).unwrap();
+        smol::block_on(async {
+            assert!(matches!(
+                store.manifest("nope", 4096).await,
+                Err(StoreError::FileNotFound)
+            ));
+            let m = store.manifest("a.bin", 4096).await.unwrap();
+            assert_eq!((m.name.as_str(), m.chunk_count()), ("a.bin", 3));
+            assert!(store.has_manifest(&m.id()));
+            let by_id = store.manifest_by_id(&m.id()).await.unwrap();
+            assert_eq!(by_id.chunks(), m.chunks());
+            assert!(store.cached_manifest_by_id(&m.id()).is_some());
+            for i in 0..3 {
+                let chunk = store.read_chunk(&m, i).await.unwrap();
+                assert_eq!(Digest::of(&chunk), m.chunks()[i as usize]);
+            }
+            assert!(store.read_chunk(&m, 3).await.is_err());
+            // Serving through a Seeder, after `prepare_for`.
+            use crate::core::chunks::{seeder::Output, Library, Message, Seeder};
+            let ask = Message::RequestChunk {
+                manifest: m.id(),
+                index: 2,
+                hash: m.chunks()[2],
+            };
+            store.prepare_for(&ask).await;
+            assert!(Library::manifest(&store, &m.id()).is_some());
+            let mut seeder = Seeder::new(16);
+            seeder.handle_message(&ask, &store);
+            let Some(Output::Read(read)) = seeder.poll_output() else {
+                panic!("no read")
+            };
+            let bytes = store.read_chunk(&read.manifest, read.index).await.ok();
+            seeder.chunk_read(&read, bytes);
+            let Some(Output::Piece(piece)) = seeder.poll_output() else {
+                panic!("no piece")
+            };
+            assert_eq!(&piece[48..], &data[8192..]);
+            store.delete("a.bin").await.unwrap();
+            assert!(!store.has_manifest(&m.id()));
+            assert!(store.manifest_by_id(&m.id()).await.is_none());
+            assert!(matches!(
+                store.read_chunk(&m, 0).await,
+                Err(StoreError::FileNotFound)
+            ));
+        });
+        let _ = fs::remove_dir_all(&root);
+    }
 }

@@ -38,6 +38,8 @@ pub struct P2pLimits {
     pub max_families: usize,
     /// Devices in one family at once.
     pub max_family_devices: usize,
+    /// Manifests one device may `announce` (chunk tracker).
+    pub max_announced: usize,
     /// Whether the box itself takes `rtc_offer` (it is a WebRTC peer); told in `welcome`.
     pub box_peer: bool,
 }
@@ -57,6 +59,7 @@ impl P2pLimits {
             max_candidate_bytes: cfg.max_candidate_bytes as usize,
             max_families: cfg.max_families,
             max_family_devices: cfg.max_family_devices,
+            max_announced: cfg.max_announced,
             box_peer: false,
         }
     }
@@ -208,6 +211,31 @@ impl Signal {
     }
 }
 
+/// `purpose` and `manifest` of a `p2p_request` (SPEC8 §2), checked: a short purpose and a
+/// manifest hash of 64 hex digits.
+fn swarm_fields(msg: &Map<String, Value>) -> Result<Map<String, Value>, Reject> {
+    let mut fields = Map::new();
+    if let Some(purpose) = optional_str(msg, "purpose")? {
+        if purpose.is_empty() || purpose.len() > 32 {
+            return Err(Reject::new(
+                "bad_message",
+                "`purpose` is 1 to 32 characters",
+            ));
+        }
+        fields.insert("purpose".into(), purpose.into());
+    }
+    if let Some(manifest) = optional_str(msg, "manifest")? {
+        if crate::core::hash::Digest::from_hex(manifest).is_none() {
+            return Err(Reject::new(
+                "bad_message",
+                "`manifest` is a manifest hash of 64 hexadecimal digits",
+            ));
+        }
+        fields.insert("manifest".into(), manifest.into());
+    }
+    Ok(fields)
+}
+
 // Messages of the seed protocol's P2P part, one handler per message type.
 impl Hub {
     /// `p2p_request` `{from, to}`: asks `to` for a P2P connection. `to` gets
@@ -222,6 +250,7 @@ impl Hub {
         self.p2p_allowed()?;
         let me = self.own_id(conn, msg, "from")?;
         let to = required_str(msg, "to")?.to_owned();
+        let swarm = swarm_fields(msg)?;
         if !self.p2p.is_enabled(&me) {
             return Err(Reject::new(
                 "p2p_not_enabled",
@@ -292,14 +321,11 @@ impl Hub {
             },
         );
         let from_name = &self.devices[&me].name;
-        self.send_to_device(
-            &to,
-            frame(
-                json!({"type": "p2p_request_received", "from": me, "from_name": from_name,
-                         "request_id": id}),
-            ),
-            out,
-        );
+        let mut received = json!({"type": "p2p_request_received", "from": me,
+                                  "from_name": from_name, "request_id": id});
+        // A chunk-swarm request (`purpose`, `manifest`) is forwarded unchanged.
+        received.as_object_mut().unwrap().extend(swarm);
+        self.send_to_device(&to, frame(received), out);
         send(
             out,
             conn,
@@ -553,6 +579,7 @@ impl Hub {
             self.end_session(&id, Some(device), ending, out);
         }
         self.p2p.asked.remove(device);
+        self.tracker.forget(device);
         self.p2p.enabled.remove(device)
     }
 

@@ -1,0 +1,525 @@
+//! The peer commands themselves: what `ls`, `clip`, `get`, `send` and `receive` ask the
+//! box and print. Each runs to an outcome; the wire details live in `link`, `relay` and
+//! `transfer`. Never prints progress to stdout (stdout carries only results).
+
+use super::link::{self, Failure, Incoming, Result, Session};
+use super::progress::{self, Progress};
+use super::relay::{self, Continue, Receiving};
+use super::{Clip, Get, Ls, Receive, Send};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use smol::io::AsyncReadExt as _;
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Device id this terminal uses for a command: `receive` is the terminal's own device;
+/// the short-lived commands add a suffix, so running one never replaces a `receive`
+/// running in another window (the box lets one socket hold an id).
+fn id_for(command: &str) -> String {
+    let id = link::device_id();
+    if command == "receive" {
+        id
+    } else {
+        format!("{id}-{command}")
+    }
+}
+
+/// `5 s ago`, `3 min ago`, `2 h ago`, `4 d ago`.
+pub fn age(ms: i64) -> String {
+    let s = (ms / 1000).max(0);
+    match s {
+        0..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        3600..=86_399 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+async fn files(b: &link::BoxAddr) -> Result<Value> {
+    let resp = link::get(b, "/api/files", &[]).await?;
+    if resp.status != 200 {
+        return Err(Failure::failed(format!(
+            "the box did not list its files: {}",
+            link::error_text(resp).await
+        )));
+    }
+    resp.json().await
+}
+
+pub fn ls(a: Ls) -> Result<()> {
+    let b = a.peer.locate()?;
+    smol::block_on(async {
+        let v = files(&b).await?;
+        if a.json {
+            println!("{v}");
+            return Ok(());
+        }
+        let now = v["now"].as_i64().unwrap_or(0);
+        let list = v["files"].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            eprintln!("no files on the box at {}", b.url());
+            return Ok(());
+        }
+        let width = list
+            .iter()
+            .map(|f| f["name"].as_str().unwrap_or("").chars().count())
+            .max()
+            .unwrap_or(4)
+            .clamp(4, 60);
+        println!("{:<width$}  {:>10}  AGE", "NAME", "SIZE");
+        for f in &list {
+            println!(
+                "{:<width$}  {:>10}  {}",
+                f["name"].as_str().unwrap_or(""),
+                progress::bytes(f["size"].as_u64().unwrap_or(0)),
+                age(now - f["modified"].as_i64().unwrap_or(now))
+            );
+        }
+        Ok(())
+    })
+}
+
+pub fn clip(a: Clip) -> Result<()> {
+    let text = match a.text.as_deref() {
+        Some("-") => {
+            let mut t = String::new();
+            std::io::stdin()
+                .read_to_string(&mut t)
+                .map_err(|e| Failure::Usage(format!("cannot read stdin as UTF-8 text: {e}")))?;
+            Some(t)
+        }
+        other => other.map(str::to_string),
+    };
+    let b = a.peer.locate()?;
+    smol::block_on(async {
+        let mut s = Session::join(&b, &id_for("clip"), &a.peer.name()).await?;
+        let Some(text) = text else {
+            if let Some(t) = s.welcome["clipboard"]["text"].as_str() {
+                print!("{t}");
+                if !t.ends_with('\n') && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    println!();
+                }
+            }
+            s.close().await;
+            return Ok(());
+        };
+        s.send(&json!({"type": "clipboard_update", "text": text}))
+            .await?;
+        loop {
+            match s.next(Duration::from_secs(10)).await {
+                Some(Incoming::Json(v)) if v["type"] == "clipboard_ack" => break,
+                Some(Incoming::Json(v)) if v["type"] == "error" => {
+                    return Err(Failure::failed(format!(
+                        "the box refused the text: {}",
+                        v["message"].as_str().unwrap_or("")
+                    )))
+                }
+                Some(Incoming::Closed(why)) => {
+                    return Err(Failure::failed(format!("the box closed the socket: {why}")))
+                }
+                None => return Err(Failure::failed("the box did not confirm the clipboard")),
+                _ => {}
+            }
+        }
+        s.close().await;
+        Ok(())
+    })
+}
+
+pub fn get(a: Get) -> Result<()> {
+    let b = a.peer.locate()?;
+    smol::block_on(async {
+        let list = files(&b).await?;
+        let entry = list["files"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == a.file.as_str()))
+            .cloned()
+            .ok_or_else(|| {
+                Failure::failed(format!(
+                    "no file named `{}` on the box (`lanvan ls` lists them)",
+                    a.file
+                ))
+            })?;
+        let size = entry["size"].as_u64().unwrap_or(0);
+        let sha = entry["sha256"].as_str().unwrap_or("").to_string();
+        let out = match &a.output {
+            Some(p) if p.is_dir() => p.join(relay::safe_name(&a.file)),
+            Some(p) => p.clone(),
+            None => PathBuf::from(relay::safe_name(&a.file)),
+        };
+        let part = {
+            let mut p = out.clone().into_os_string();
+            p.push(".part");
+            PathBuf::from(p)
+        };
+        for attempt in 0..2 {
+            let got = download(&b, &a, size, &part).await?;
+            if got == sha {
+                std::fs::rename(&part, &out)
+                    .map_err(|e| Failure::failed(format!("cannot save {}: {e}", out.display())))?;
+                eprintln!(
+                    "saved {} ({}, SHA-256 {sha} ok)",
+                    out.display(),
+                    progress::bytes(size)
+                );
+                return Ok(());
+            }
+            let _ = std::fs::remove_file(&part);
+            if attempt == 0 {
+                eprintln!(
+                    "{}: SHA-256 does not match; downloading again from the start",
+                    a.file
+                );
+            }
+        }
+        Err(Failure::failed(format!(
+            "{}: SHA-256 does not match what the box lists",
+            a.file
+        )))
+    })
+}
+
+/// Downloads into `part`, resuming after the bytes it already holds; returns the SHA-256
+/// of the whole part file.
+async fn download(b: &link::BoxAddr, a: &Get, size: u64, part: &std::path::Path) -> Result<String> {
+    let io = |e: std::io::Error| Failure::failed(format!("{}: {e}", part.display()));
+    let mut have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    if have > size {
+        have = 0;
+    }
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(part)
+        .map_err(io)?;
+    if have > 0 {
+        // The bytes already here count in the hash; they are read once, not fetched.
+        let mut left = have;
+        let mut buf = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = file
+                .read(&mut buf[..left.min(1 << 20) as usize])
+                .map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        eprintln!(
+            "{}: resuming at {} of {}",
+            a.file,
+            progress::bytes(have),
+            progress::bytes(size)
+        );
+    }
+    if have < size {
+        let path = format!("/api/files/{}", link::encode(&a.file));
+        let range = [("range", format!("bytes={have}-"))];
+        let mut resp = link::get(b, &path, if have > 0 { &range } else { &[] }).await?;
+        match resp.status {
+            200 => {
+                have = 0;
+                hasher = Sha256::new();
+                file.set_len(0).map_err(io)?;
+            }
+            206 => {}
+            404 => {
+                return Err(Failure::failed(format!(
+                    "`{}` is no longer on the box",
+                    a.file
+                )))
+            }
+            _ => {
+                return Err(Failure::failed(format!(
+                    "the box did not send `{}`: {}",
+                    a.file,
+                    link::error_text(resp).await
+                )))
+            }
+        }
+        use std::io::Seek as _;
+        file.seek(std::io::SeekFrom::Start(have)).map_err(io)?;
+        let mut progress = Progress::new(&a.file, size, a.peer.quiet);
+        progress.starting_at(have);
+        let mut got = have;
+        let start = Instant::now();
+        let first = std::mem::take(&mut resp.start);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut pending = first;
+        loop {
+            if !pending.is_empty() {
+                let take = pending.len().min((size - got) as usize);
+                file.write_all(&pending[..take]).map_err(io)?;
+                hasher.update(&pending[..take]);
+                got += take as u64;
+                progress.update(got);
+                pending.clear();
+            }
+            if got >= size {
+                break;
+            }
+            if a.limit_rate > 0 {
+                let due = Duration::from_secs_f64((got - have) as f64 / a.limit_rate as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    smol::Timer::after(wait).await;
+                }
+            }
+            let max = if a.limit_rate > 0 {
+                buf.len().min((a.limit_rate as usize / 10).max(1024))
+            } else {
+                buf.len()
+            };
+            let n = resp.stream.read(&mut buf[..max]).await.map_err(|e| {
+                progress.abandon();
+                Failure::failed(format!("the download broke: {e} (run it again to resume)"))
+            })?;
+            if n == 0 {
+                progress.abandon();
+                return Err(Failure::failed(format!(
+                    "the box closed the download at {} of {} (run it again to resume)",
+                    progress::bytes(got),
+                    progress::bytes(size)
+                )));
+            }
+            pending.extend_from_slice(&buf[..n]);
+        }
+        file.flush().map_err(io)?;
+        progress.finish("");
+    }
+    file.sync_all().map_err(io)?;
+    Ok(link::hex(&hasher.finalize()))
+}
+
+/// Finds `want` (an id, or a name as the box lists it) among the connected devices.
+pub fn find_device(devices: &[Value], want: &str, me: &str) -> Result<Value> {
+    if let Some(d) = devices.iter().find(|d| d["id"] == want) {
+        return Ok(d.clone());
+    }
+    let named: Vec<&Value> = devices
+        .iter()
+        .filter(|d| {
+            d["id"] != me
+                && d["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(want))
+        })
+        .collect();
+    match named.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => {
+            let others: Vec<String> = devices
+                .iter()
+                .filter(|d| d["id"] != me)
+                .map(|d| {
+                    format!(
+                        "{} ({})",
+                        d["name"].as_str().unwrap_or(""),
+                        d["id"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            Err(Failure::failed(format!(
+                "no device `{want}` is connected to the box; connected: {}",
+                if others.is_empty() {
+                    "none".to_string()
+                } else {
+                    others.join(", ")
+                }
+            )))
+        }
+        many => Err(Failure::failed(format!(
+            "{} devices are named `{want}`; name one by id: {}",
+            many.len(),
+            many.iter()
+                .map(|d| d["id"].as_str().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+pub fn send(a: Send) -> Result<()> {
+    let file = std::fs::File::open(&a.file)
+        .map_err(|e| Failure::failed(format!("cannot read {}: {e}", a.file.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Failure::failed(format!("cannot read {}: {e}", a.file.display())))?;
+    if !meta.is_file() {
+        return Err(Failure::failed(format!(
+            "{} is not a file",
+            a.file.display()
+        )));
+    }
+    let size = meta.len();
+    let name = a
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let b = a.peer.locate()?;
+    smol::block_on(async {
+        let me = id_for("send");
+        let mut s = Session::join(&b, &me, &a.peer.name()).await?;
+        let devices = s.welcome["devices"].as_array().cloned().unwrap_or_default();
+        let target = find_device(&devices, &a.to, &me)?;
+        let to = target["id"].as_str().unwrap_or("").to_string();
+        if to == me {
+            return Err(Failure::failed("that is this terminal itself"));
+        }
+        let mut progress = Progress::new(&name, size, a.peer.quiet);
+        let via = if a.relay {
+            "through the box (--relay)"
+        } else {
+            "through the box"
+        };
+        eprintln!(
+            "sending {name} ({}) to {} {via}",
+            progress::bytes(size),
+            target["name"].as_str().unwrap_or(&to)
+        );
+        let r = relay::send(
+            &mut s,
+            &to,
+            &file,
+            &name,
+            size,
+            Continue::fresh(),
+            &mut progress,
+        )
+        .await;
+        s.close().await;
+        r.map(|_| ())
+    })
+}
+
+pub fn receive(a: Receive) -> Result<()> {
+    if !a.dir.is_dir() {
+        return Err(Failure::Usage(format!(
+            "{} is not a folder",
+            a.dir.display()
+        )));
+    }
+    let b = a.peer.locate()?;
+    smol::block_on(async {
+        let me = id_for("receive");
+        let mut s = Session::join(&b, &me, &a.peer.name()).await?;
+        eprintln!(
+            "receiving into {} as \"{}\" ({me}) on {}; Ctrl-C to stop",
+            a.dir.display(),
+            s.welcome["name"].as_str().unwrap_or(""),
+            b.url()
+        );
+        let mut open: HashMap<u32, Receiving> = HashMap::new();
+        // Direct receives, and those whose sender moved to the relay.
+        let mut inbox = super::direct::Inbox::default();
+        loop {
+            let Some(msg) = s.next(Duration::from_secs(30)).await else {
+                continue;
+            };
+            let v = match msg {
+                Incoming::Json(v) => v,
+                Incoming::Binary(frame) if frame.len() >= 8 => {
+                    let id = u32::from_be_bytes(frame[0..4].try_into().expect("4 bytes"));
+                    let index = u32::from_be_bytes(frame[4..8].try_into().expect("4 bytes"));
+                    let Some(r) = open.get_mut(&id) else { continue };
+                    match r.chunk(index, &frame[8..]) {
+                        Ok(out) => {
+                            for m in out {
+                                s.send(&m).await?;
+                            }
+                        }
+                        Err(why) => {
+                            s.send(&json!({"type": "relay_cancel", "id": id, "reason": why}))
+                                .await?;
+                            eprintln!("lanvan: {why}");
+                            if let Some(r) = open.remove(&id) {
+                                r.discard();
+                            }
+                            if a.once {
+                                return Err(Failure::failed(why));
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Incoming::Binary(_) => continue,
+                Incoming::Closed(why) => {
+                    return Err(Failure::failed(format!(
+                        "the box closed the connection: {why}"
+                    )))
+                }
+            };
+            let id = v["id"].as_u64().unwrap_or(u64::MAX) as u32;
+            match v["type"].as_str().unwrap_or("") {
+                "relay_offer" => {
+                    // A send that started on the direct channel continues after what is held.
+                    let held = v["ref"].as_str().and_then(|r| inbox.claim(r));
+                    match Receiving::accept(&v, &a.dir, held, a.peer.quiet) {
+                        Ok((r, accept)) => {
+                            eprintln!(
+                                "receiving {} ({}) from {}",
+                                r.name,
+                                progress::bytes(r.size),
+                                r.from_name
+                            );
+                            s.send(&accept).await?;
+                            if r.chunks == 0 {
+                                if let Some(done) = r.done_message() {
+                                    s.send(&done).await?;
+                                }
+                            }
+                            open.insert(id, r);
+                        }
+                        Err(why) => {
+                            s.send(&json!({"type": "relay_decline", "id": id, "reason": why}))
+                                .await?;
+                        }
+                    }
+                }
+                "relay_resume" if v["role"] == "receiver" => {
+                    if let Some(r) = open.get(&id) {
+                        s.send(&json!({"type": "relay_ack", "id": id, "acked": r.next}))
+                            .await?;
+                    }
+                }
+                "relay_complete" => {
+                    if let Some(r) = open.remove(&id) {
+                        let sha = v["sha256"].as_str().unwrap_or("");
+                        match r.complete(&a.dir, sha) {
+                            Ok(path) => {
+                                println!("{}", path.display());
+                                let _ = std::io::stdout().flush();
+                                if a.once {
+                                    return Ok(());
+                                }
+                            }
+                            Err(why) if a.once => return Err(Failure::failed(why)),
+                            Err(why) => eprintln!("lanvan: {why}"),
+                        }
+                    }
+                }
+                "relay_failed" | "relay_cancelled" => {
+                    if let Some(r) = open.remove(&id) {
+                        let why = format!(
+                            "{}: the send ended without the file ({})",
+                            r.name,
+                            v["code"].as_str().or(v["reason"].as_str()).unwrap_or("")
+                        );
+                        r.discard();
+                        if a.once {
+                            return Err(Failure::failed(why));
+                        }
+                        eprintln!("lanvan: {why}");
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+}

@@ -1,0 +1,145 @@
+// The `lanvan` command line and a Chromium page as peers, with the box, the CLI and the
+// browser inside a network namespace made by scripts/netns-lan.sh (run through
+// scripts/test-p2p.sh). The CLI finds the box by mDNS, sends to the page and receives from
+// it, and checks every file by SHA-256.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { startBox, launch, openApp, makeFile, sha256, tempDir, waitFor, BIN } from './harness.mjs';
+
+const MiB = 1 << 20;
+const ADDR = process.env.LANVAN_LAN_ADDR;
+if (!ADDR) throw new Error('run this through scripts/test-p2p.sh: it needs its own network namespace');
+
+let browser;
+let box;
+let origin;
+const files = tempDir('cli-files');
+const state = mkdtempSync(join(tmpdir(), 'lanvan-cli-state-'));
+
+before(async () => {
+  browser = await launch();
+  box = await startBox({ host: ADDR, settings: ['p2p.stun_port=3478'] });
+  origin = `http://${ADDR}:${box.port}`;
+});
+after(async () => {
+  uncut();
+  await browser?.close();
+  await box?.stop();
+  rmSync(state, { recursive: true, force: true });
+});
+
+function nft(args, mayFail = false) {
+  try { execFileSync('nft', args, { stdio: 'pipe' }); } catch (e) { if (!mayFail) throw e; }
+}
+/** Drops UDP leaving this namespace's sockets that `match` (nft words), until `uncut()`. */
+function cut(...match) {
+  nft(['add', 'table', 'inet', 'lanvan_cli_test']);
+  nft(['add', 'chain', 'inet', 'lanvan_cli_test', 'out', '{ type filter hook output priority 0 ; }']);
+  nft(['add', 'rule', 'inet', 'lanvan_cli_test', 'out', 'meta', 'l4proto', 'udp', ...match, 'drop']);
+}
+const uncut = () => nft(['delete', 'table', 'inet', 'lanvan_cli_test'], true);
+
+/** Runs `lanvan ARGS` as the terminal "CLI test"; resolves to {code, stdout, stderr}. */
+function cli(args, { withBox = true, timeout = 120000, onStderr } = {}) {
+  const all = withBox ? [...args, '--box', origin] : args;
+  const env = { ...process.env, XDG_STATE_HOME: state };
+  delete env.LANVAN_BOX;
+  const proc = spawn(BIN, [...all, '--name', 'CLI test'], {
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  proc.stdout.on('data', (d) => { stdout += d; });
+  proc.stderr.on('data', (d) => {
+    stderr += d;
+    if (process.env.LANVAN_TEST_LOG) process.stderr.write(`[cli] ${d}`);
+    onStderr?.(stderr);
+  });
+  const done = new Promise((res, rej) => {
+    const t = setTimeout(() => { proc.kill('SIGKILL'); rej(new Error(`lanvan ${args.join(' ')} ran over ${timeout} ms:\n${stderr}`)); }, timeout);
+    proc.on('exit', (code) => { clearTimeout(t); res({ code, stdout, stderr }); });
+  });
+  return { proc, done };
+}
+
+/** A page with P2P chosen; resolves to it and its device id. */
+async function p2pPage() {
+  const a = await openApp(browser, box, { origin });
+  await a.page.locator('#p2p-card:not([hidden])').waitFor({ timeout: 10000 });
+  await a.page.selectOption('#p2p-mode', 'p2p');
+  const id = await a.page.evaluate(() => window.lanvan.me.id);
+  return { ...a, id };
+}
+
+/** The page accepts what comes (a P2P request, then the file); resolves to the file's SHA-256. */
+async function pageReceives(page, timeout = 120000) {
+  const request = page.locator('#p2p-request[open]');
+  const offer = page.locator('#offer[open]');
+  // A direct send asks for a connection first; a relay send shows the offer at once.
+  const first = await Promise.race([
+    request.waitFor({ timeout: 30000 }).then(() => 'request'),
+    offer.waitFor({ timeout: 30000 }).then(() => 'offer'),
+  ]);
+  if (first === 'request') await request.locator('[data-answer="accept"]').click();
+  await offer.waitFor({ timeout: 30000 });
+  const text = await offer.locator('.offer-text').textContent();
+  const [download] = await Promise.all([
+    page.waitForEvent('download', { timeout }),
+    page.click('#offer [data-answer="accept"]'),
+  ]);
+  return { sha: sha256(readFileSync(await download.path())), text };
+}
+
+test('CLI: finds the box by mDNS and lists its files', { timeout: 60000 }, async () => {
+  const f = makeFile(files, 'listed.bin', 1000, 11);
+  const up = await fetch(`${origin}/api/uploads`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name: f.name, size: f.size, sha256: f.sha256 }),
+  }).then((r) => r.json());
+  await fetch(`${origin}/api/uploads/${up.id}/chunks/0`, {
+    method: 'PUT', body: readFileSync(f.path), headers: { 'x-chunk-sha256': f.sha256 },
+  });
+  await fetch(`${origin}/api/uploads/${up.id}/finish`, { method: 'POST' });
+  const { code, stdout, stderr } = await cli(['ls', '--json', '--discover-ms', '3000'], { withBox: false }).done;
+  assert.equal(code, 0, stderr);
+  const names = JSON.parse(stdout).files.map((x) => x.name);
+  assert.ok(names.includes('listed.bin'), stdout);
+});
+
+test('CLI: `lanvan send --relay` to a page, which accepts; SHA-256 matches', { timeout: 120000 }, async () => {
+  const p = await p2pPage();
+  const f = makeFile(files, 'cli relay 3MiB.bin', 3 * MiB + 17, 21);
+  const send = cli(['send', f.path, '--to', p.id, '--relay']);
+  const got = await pageReceives(p.page);
+  assert.equal(got.sha, f.sha256);
+  const r = await send.done;
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(f.sha256));
+  await p.context.close();
+});
+
+test('CLI: a page sends to `lanvan receive` through the box; SHA-256 matches', { timeout: 120000 }, async () => {
+  const dir = tempDir('cli-received');
+  const rx = cli(['receive', '--once', '--dir', dir]);
+  const p = await openApp(browser, box, { origin });
+  // The terminal shows up in the page's device list; the page sends it a file.
+  const id = readFileSync(join(state, 'lanvan/device-id'), 'utf8').trim();
+  await p.page.locator(`button[data-send="${id}"]`).waitFor({ timeout: 20000 });
+  const f = makeFile(files, 'from page.bin', 2 * MiB + 5, 31);
+  const [chooser] = await Promise.all([
+    p.page.waitForEvent('filechooser'),
+    p.page.click(`button[data-send="${id}"]`),
+  ]);
+  await chooser.setFiles(f.path);
+  const r = await rx.done;
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(sha256(readFileSync(r.stdout.trim())), f.sha256);
+  await p.context.close();
+  rmSync(dir, { recursive: true, force: true });
+});

@@ -1,0 +1,355 @@
+//! The `lanvan` command line as a peer, end to end: the real binary's `ls`, `clip`, `get`,
+//! `send` and `receive` against a real box on loopback, checked by what a user sees (stdout,
+//! exit codes, files and their SHA-256), and its answers to bad input.
+
+mod common;
+
+use common::{bin, pseudo_random, sha_hex, temp_dir, wait_exit, wait_for, Lanvan};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A terminal: its own state folder (so its own device id) and name.
+struct Term {
+    state: PathBuf,
+    name: String,
+    url: String,
+}
+
+impl Term {
+    fn new(b: &Lanvan, name: &str) -> Term {
+        Term {
+            state: temp_dir(&format!("cli-state-{}", name.replace(' ', "-")), false),
+            name: name.into(),
+            url: format!("http://{}", b.addr),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .args(["--box", &self.url, "--name", &self.name])
+            .env("XDG_STATE_HOME", &self.state)
+            .env_remove("LANVAN_BOX");
+        c
+    }
+
+    /// Runs a command to its end (at most 60 s) with `stdin` fed in.
+    fn run_with(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        wait_exit(&mut child, 60);
+        child.wait_with_output().unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, b"")
+    }
+
+    /// Starts a long-running command; its stderr lines arrive on the channel.
+    fn spawn(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    }
+}
+
+impl Drop for Term {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn file_sha(p: &Path) -> String {
+    sha_hex(&std::fs::read(p).unwrap())
+}
+
+/// Waits for a line containing `what`; returns all lines seen.
+fn wait_line(rx: &mpsc::Receiver<String>, what: &str, secs: u64) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        let hit = l.contains(what);
+        seen.push(l);
+        if hit {
+            return seen;
+        }
+    }
+    panic!("no line with `{what}` in {secs} s; saw {seen:?}");
+}
+
+#[test]
+fn ls_lists_the_stored_files_with_size_and_age_and_as_json() {
+    let b = Lanvan::start("cli-ls", &[]);
+    let t = Term::new(&b, "Term A");
+    let empty = t.run(&["ls"]);
+    assert!(empty.status.success(), "{}", text(&empty.stderr));
+    assert!(
+        text(&empty.stderr).contains("no files"),
+        "{}",
+        text(&empty.stderr)
+    );
+    assert_eq!(b.upload("notes.txt", b"hello there").status, 201);
+    assert_eq!(
+        b.upload("big photo.jpg", &pseudo_random(1, 3 << 20)).status,
+        201
+    );
+    let out = t.run(&["ls"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let lines: Vec<&str> = s.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{s}");
+    let notes = lines.iter().find(|l| l.starts_with("notes.txt")).expect(&s);
+    assert!(notes.contains("11 B") && notes.contains("s ago"), "{notes}");
+    let photo = lines
+        .iter()
+        .find(|l| l.starts_with("big photo.jpg"))
+        .expect(&s);
+    assert!(photo.contains("3.0 MiB"), "{photo}");
+
+    let json = t.run(&["ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    assert!(files.iter().any(|f| f["name"] == "notes.txt"
+        && f["size"] == 11
+        && f["sha256"] == sha_hex(b"hello there")));
+}
+
+#[test]
+fn clip_sets_and_prints_the_shared_clipboard() {
+    let b = Lanvan::start("cli-clip", &[]);
+    let a = Term::new(&b, "Term A");
+    let c = Term::new(&b, "Term C");
+    let empty = a.run(&["clip"]);
+    assert!(empty.status.success(), "{}", text(&empty.stderr));
+    assert_eq!(text(&empty.stdout), "");
+    let set = a.run(&["clip", "https://example.org/recipe"]);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let got = c.run(&["clip"]);
+    assert_eq!(text(&got.stdout), "https://example.org/recipe");
+    // From stdin, with a newline and non-ASCII kept as given.
+    let set = c.run_with(&["clip", "-"], "Grüße\nline 2\n".as_bytes());
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    assert_eq!(text(&a.run(&["clip"]).stdout), "Grüße\nline 2\n");
+    // Too large for the box: refused with its reason, exit 1.
+    let big = "x".repeat(70_000);
+    let refused = a.run_with(&["clip", "-"], big.as_bytes());
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("limit"),
+        "{}",
+        text(&refused.stderr)
+    );
+}
+
+#[test]
+fn get_downloads_checks_sha256_and_resumes_an_interrupted_download() {
+    let b = Lanvan::start("cli-get", &[]);
+    let t = Term::new(&b, "Term A");
+    let dir = temp_dir("cli-get-out", false);
+    let small = pseudo_random(2, 700_000);
+    assert_eq!(b.upload("small.bin", &small).status, 201);
+    let out = t.run(&["get", "small.bin", "-o", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(file_sha(&dir.join("small.bin")), sha_hex(&small));
+    assert!(
+        text(&out.stderr).contains("SHA-256"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // An interrupted download: killed while it runs (slowed to 2 MB/s), then run again.
+    let big = pseudo_random(3, 8 << 20);
+    assert_eq!(b.upload("big.bin", &big).status, 201);
+    let target = dir.join("copy.bin");
+    let part = dir.join("copy.bin.part");
+    let (mut child, _err) = t.spawn(&[
+        "get",
+        "big.bin",
+        "-o",
+        target.to_str().unwrap(),
+        "--limit-rate",
+        "2000000",
+    ]);
+    assert!(
+        wait_for(20, || std::fs::metadata(&part)
+            .is_ok_and(|m| m.len() >= 1 << 20)),
+        "the download started"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let had = std::fs::metadata(&part).unwrap().len();
+    assert!(
+        had > 0 && had < big.len() as u64,
+        "a partial file is left: {had}"
+    );
+    assert!(!target.exists());
+    let again = t.run(&["get", "big.bin", "-o", target.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("resuming at"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(file_sha(&target), sha_hex(&big));
+    assert!(!part.exists());
+
+    // A damaged partial file is caught by the SHA-256 and downloaded again.
+    std::fs::write(&part, vec![0xEEu8; 1 << 20]).unwrap();
+    std::fs::remove_file(&target).unwrap();
+    let fixed = t.run(&["get", "big.bin", "-o", target.to_str().unwrap()]);
+    assert!(fixed.status.success(), "{}", text(&fixed.stderr));
+    assert!(
+        text(&fixed.stderr).contains("does not match"),
+        "{}",
+        text(&fixed.stderr)
+    );
+    assert_eq!(file_sha(&target), sha_hex(&big));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn send_reaches_lanvan_receive_through_the_relay() {
+    let b = Lanvan::start("cli-relay", &[]);
+    let rx_term = Term::new(&b, "Term B");
+    let tx_term = Term::new(&b, "Term A");
+    let dir = temp_dir("cli-recv", false);
+    let src = temp_dir("cli-src", false);
+    let data = pseudo_random(4, 3 * 262_144 + 1234);
+    let file = src.join("holiday.mp4");
+    std::fs::write(&file, &data).unwrap();
+
+    let (mut rx, rx_err) = rx_term.spawn(&["receive", "--once", "--dir", dir.to_str().unwrap()]);
+    wait_line(&rx_err, "receiving into", 20);
+    let out = tx_term.run(&["send", file.to_str().unwrap(), "--to", "term b", "--relay"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&sha_hex(&data)),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(wait_exit(&mut rx, 30).success());
+    let saved = dir.join("holiday.mp4");
+    assert_eq!(file_sha(&saved), sha_hex(&data));
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut rx.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(stdout.trim(), saved.display().to_string());
+
+    // The terminal's device id is stable: a second receive is the same device, and a
+    // name already taken gets a numbered one. An empty file arrives too.
+    let empty = src.join("empty.txt");
+    std::fs::write(&empty, b"").unwrap();
+    let again = src.join("holiday.mp4");
+    let (mut rx, rx_err) = rx_term.spawn(&["receive", "--once", "--dir", dir.to_str().unwrap()]);
+    wait_line(&rx_err, "receiving into", 20);
+    let id = std::fs::read_to_string(rx_term.state.join("lanvan/device-id")).unwrap();
+    let out = tx_term.run(&[
+        "send",
+        again.to_str().unwrap(),
+        "--to",
+        id.trim(),
+        "--relay",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(wait_exit(&mut rx, 30).success());
+    assert_eq!(file_sha(&dir.join("holiday (1).mp4")), sha_hex(&data));
+    let (mut rx, rx_err) = rx_term.spawn(&["receive", "--once", "--dir", dir.to_str().unwrap()]);
+    wait_line(&rx_err, "receiving into", 20);
+    let out = tx_term.run(&["send", empty.to_str().unwrap(), "--to", "Term B"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(wait_exit(&mut rx, 30).success());
+    assert_eq!(std::fs::metadata(dir.join("empty.txt")).unwrap().len(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&src);
+}
+
+#[test]
+fn bad_input_gets_a_clear_message_and_exit_code() {
+    let b = Lanvan::start("cli-bad", &[]);
+    let t = Term::new(&b, "Term A");
+    let src = temp_dir("cli-bad-src", false);
+    let file = src.join("a.txt");
+    std::fs::write(&file, b"abc").unwrap();
+
+    let out = t.run(&["send", file.to_str().unwrap(), "--to", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no device `nobody` is connected"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = t.run(&[
+        "send",
+        src.join("missing.txt").to_str().unwrap(),
+        "--to",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = t.run(&["get", "missing.bin"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no file named `missing.bin`"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A box that is not there: a port nothing listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let out = Command::new(bin())
+        .args(["ls", "--box", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot reach the box"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Usage errors exit 2.
+    let out = Command::new(bin()).args(["send", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "--to is required");
+    let out = Command::new(bin())
+        .args(["ls", "--box", "ftp://x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&src);
+}
