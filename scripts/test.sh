@@ -23,6 +23,8 @@ cargo test --manifest-path src/vendor/sctp-proto/Cargo.toml  # the patched sctp-
 bash scripts/test-browser.sh
 # P2P between two Chromium pages, inside a network namespace (veth, nftables).
 bash scripts/test-p2p.sh
+# The box as a WebRTC peer, from Chromium, in a network namespace.
+bash scripts/test-rtc.sh
 
 # The appliance: static cross builds under qemu, and the systemd unit, installer and sandbox.
 bash scripts/test-cross.sh

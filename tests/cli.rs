@@ -353,3 +353,88 @@ fn bad_input_gets_a_clear_message_and_exit_code() {
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&src);
 }
+
+/// Bytes the box received so far over TCP (HTTP and WebSocket, relay chunks included).
+fn bytes_in(b: &Lanvan) -> u64 {
+    b.status()["bytes_in"]
+        .as_u64()
+        .expect("bytes_in in /api/status")
+}
+
+#[test]
+fn send_goes_straight_to_another_terminal_over_a_data_channel() {
+    let b = Lanvan::start("cli-direct", &[]);
+    let rx_term = Term::new(&b, "Term B");
+    let tx_term = Term::new(&b, "Term A");
+    let dir = temp_dir("cli-direct-recv", false);
+    let src = temp_dir("cli-direct-src", false);
+    let data = pseudo_random(5, 4 * 262_144 + 99);
+    let file = src.join("direct.bin");
+    std::fs::write(&file, &data).unwrap();
+    let (mut rx, rx_err) = rx_term.spawn(&["receive", "--once", "--dir", dir.to_str().unwrap()]);
+    wait_line(&rx_err, "receiving into", 20);
+    let before = bytes_in(&b);
+    let out = tx_term.run(&["send", file.to_str().unwrap(), "--to", "Term B"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("sent directly (P2P)"), "{err}");
+    assert!(wait_exit(&mut rx, 30).success());
+    assert_eq!(file_sha(&dir.join("direct.bin")), sha_hex(&data));
+    let through = bytes_in(&b) - before;
+    assert!(
+        through < 256 * 1024,
+        "the box carried {through} bytes of a direct send"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&src);
+}
+
+#[test]
+fn a_stalled_direct_send_moves_to_the_relay_from_the_confirmed_chunk() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let b = Lanvan::start("cli-fallback", &[]);
+    let rx_term = Term::new(&b, "Term B");
+    let tx_term = Term::new(&b, "Term A");
+    let dir = temp_dir("cli-fallback-recv", false);
+    let src = temp_dir("cli-fallback-src", false);
+    let data = pseudo_random(6, 24 << 20);
+    let file = src.join("big.bin");
+    std::fs::write(&file, &data).unwrap();
+    let (mut rx, rx_err) = rx_term.spawn(&["receive", "--once", "--dir", dir.to_str().unwrap()]);
+    wait_line(&rx_err, "receiving into", 20);
+    let before = bytes_in(&b);
+    let (mut tx, tx_err) = tx_term.spawn(&["send", file.to_str().unwrap(), "--to", "Term B"]);
+    // Once a few chunks arrived directly, the receiver freezes for 4.5 s: no acks come, so
+    // the sender gives up the direct path after 3 s and continues through the box.
+    let part_len = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .map(|e| e.metadata().unwrap().len())
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_for(30, || part_len() >= 2 << 20),
+        "the direct send started"
+    );
+    let pid = Pid::from_raw(rx.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_millis(4500));
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert!(wait_exit(&mut tx, 60).success(), "the send completed");
+    let lines: Vec<String> = tx_err.try_iter().collect();
+    assert!(lines.iter().any(|l| l.contains("P2P failed")), "{lines:?}");
+    assert!(wait_exit(&mut rx, 30).success());
+    assert_eq!(file_sha(&dir.join("big.bin")), sha_hex(&data));
+    // The relay carried the rest, not the whole file again.
+    let through = bytes_in(&b) - before;
+    assert!(
+        through < data.len() as u64 - (1 << 20),
+        "the box carried {through} bytes: restarted from zero?"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&src);
+}

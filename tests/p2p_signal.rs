@@ -499,7 +499,7 @@ fn mode_off_hides_p2p_and_opens_no_stun_socket() {
     assert_eq!(
         welcome["p2p"],
         json!({"mode": "off", "stun_port": null, "chunk_size": 262144,
-               "signal_timeout_ms": 60000})
+               "signal_timeout_ms": 60000, "box_peer": false})
     );
     a.send(json!({"type": "enable_p2p"}));
     assert!(a.error("p2p_unavailable")["message"]

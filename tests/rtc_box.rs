@@ -7,11 +7,13 @@ mod common;
 
 use common::relay::{open, read, send_json, Ev, Ws};
 use common::Lanvan;
+use lanvan::core::chunks::{Event as SwarmEvent, Manifest, ManifestJson, Message, SourceId, Swarm};
 use lanvan::core::peer::{Identity, PeerEvent};
 use lanvan::net::rtc::{Host, HostLimits, PeerId};
 use serde_json::{json, Value};
 use smol::channel::Receiver;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A CLI-like client: its own host on 127.0.0.1 and the `/ws` socket it signals over.
@@ -142,11 +144,16 @@ fn the_box_answers_an_offer_and_speaks_the_chunk_protocol_on_the_channel() {
     let status = lv.status();
     assert_eq!(status["p2p"]["box_peer"], true);
     let mut c = Client::new(&lv, "cli-one");
+    let asked = Instant::now();
     let (peer, answer) = c.offer("s1");
     let peer = peer.unwrap_or_else(|| panic!("no answer: {answer}"));
     // The answer names the box's host candidate on loopback: no trickle from the box.
     assert!(answer["sdp"].as_str().unwrap().contains("127.0.0.1"));
     let unknown = talk(&c, peer);
+    eprintln!(
+        "first box peer: rtc_offer to the box's answer on the channel in {:?}",
+        asked.elapsed()
+    );
     assert_eq!(unknown["t"], "error");
     assert_eq!(unknown["code"], "not_found");
     assert_eq!(lv.status()["box_peers"], 1);
@@ -313,4 +320,65 @@ fn a_client_that_vanishes_is_dropped_within_seconds_and_others_carry_on() {
         answered
     });
     assert!(answered, "the second client lost its peer");
+}
+
+#[test]
+fn a_client_downloads_a_stored_multi_chunk_file_from_the_box_over_the_data_channel() {
+    let lv = Lanvan::start("rtc-box-download", &[]);
+    let file = common::pseudo_random(8, 3 * 262_144 + 4321);
+    let stored = lv.upload("big.bin", &file).status;
+    assert!(stored == 200 || stored == 201, "upload: {stored}");
+    // The manifest comes over HTTP (which computes it); the chunks over the channel.
+    let r = lv.get("/api/files/big.bin/manifest");
+    assert_eq!(r.status, 200);
+    let json: ManifestJson = serde_json::from_value(r.json()).unwrap();
+    let m = Arc::new(Manifest::from_json(json).unwrap());
+    assert_eq!(m.chunk_count(), 4);
+    let mut c = Client::new(&lv, "downloader");
+    let (peer, _) = c.offer("dl");
+    let peer = peer.unwrap();
+    let mut swarm = Swarm::new(m.clone(), None);
+    let mut out = vec![0u8; file.len()];
+    let mut manifest_over_dc = None;
+    let done = c.run_until(30, |host, id, e| {
+        assert_eq!(id, peer);
+        let now = Instant::now();
+        let src = SourceId(id);
+        match e {
+            PeerEvent::Open => {
+                let hello = json!({"t": "hello", "id": "downloader", "name": "test", "role": "cli", "max_requests": 16});
+                assert!(host.send_text(id, &hello.to_string()).unwrap());
+                let ask = json!({"t": "get_manifest", "manifest": m.id().to_string()});
+                assert!(host.send_text(id, &ask.to_string()).unwrap());
+                swarm.add_source(src, now);
+            }
+            PeerEvent::Text(t) => match Message::parse(&t) {
+                Ok(Message::Manifest(j)) => manifest_over_dc = Some(j),
+                Ok(msg) => swarm.handle_message(src, &msg, now),
+                Err(e) => panic!("the box sent {t}: {e:?}"),
+            },
+            PeerEvent::Binary(b) => swarm.handle_piece(src, &b, now),
+            PeerEvent::Closed(r) => panic!("the box closed the peer: {r:?}"),
+            _ => {}
+        }
+        while let Some((_, msg)) = swarm.poll_transmit() {
+            assert!(host.send_text(id, &msg.to_text()).unwrap());
+        }
+        while let Some(ev) = swarm.poll_event() {
+            match ev {
+                SwarmEvent::Verified { index, data } => {
+                    let at = m.chunk_offset(index) as usize;
+                    out[at..at + data.len()].copy_from_slice(&data);
+                }
+                SwarmEvent::SourceDropped { reason, .. } => panic!("box dropped: {reason:?}"),
+                SwarmEvent::Done => {}
+            }
+        }
+        swarm.is_done() && manifest_over_dc.is_some()
+    });
+    assert!(done, "the download did not finish");
+    assert_eq!(common::sha_hex(&out), common::sha_hex(&file));
+    let j = manifest_over_dc.unwrap();
+    assert_eq!(Manifest::from_json(*j).unwrap().id(), m.id());
+    assert_eq!(swarm.delivered_by(SourceId(peer)), file.len() as u64);
 }

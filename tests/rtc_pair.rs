@@ -1,10 +1,18 @@
-//! Two or three LANVan `Peer`s (str0m) in one process, datagrams passed in memory and a
-//! pretend clock driven faster than real time: the data channel carries a multi-chunk file,
-//! with datagrams lost on the way, and its SHA-256 arrives intact.
+//! LANVan `Peer`s (str0m) in one process, datagrams passed in memory and a pretend clock
+//! driven faster than real time: a data channel carries a multi-chunk file across a lossy
+//! link; and a chunk-protocol download from two sources, one of which sends a bad chunk,
+//! detects it, drops that source and fetches the chunk again from the other.
 
-use lanvan::core::peer::{Identity, Peer, PeerEvent, PeerLimits, Transmit};
+use lanvan::core::chunks::seeder::Output as SeederOutput;
+use lanvan::core::chunks::{
+    Chunker, DropReason, Event as SwarmEvent, Library, Manifest, Message, PieceHeader, Seeder,
+    SourceId, Swarm,
+};
+use lanvan::core::hash::Digest;
+use lanvan::core::peer::{CloseReason, Identity, Peer, PeerEvent, PeerLimits, Transmit};
 use sha2::{Digest as _, Sha256};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Peers on a pretend LAN: each has its own address; datagrams go to the peer at their
@@ -152,6 +160,155 @@ fn a_multi_chunk_file_crosses_a_lossy_link_faster_than_real_time() {
     eprintln!(
         "{} bytes in {pretend:?} of pretend time, {:?} real, {} datagrams lost",
         file.len(),
+        real.elapsed(),
+        lan.dropped
+    );
+}
+
+/// One chunk-protocol source on the pretend LAN: a seeder serving `file` on an answerer.
+struct Source {
+    peer: usize,
+    seeder: Seeder,
+    /// Flip a byte of the first chunk this source sends (a source that sends bad data).
+    corrupt: bool,
+    /// Which chunk it spoiled.
+    spoiled: Option<u32>,
+}
+
+struct Lib(Arc<Manifest>);
+
+impl Library for Lib {
+    fn manifest(&self, id: &Digest) -> Option<Arc<Manifest>> {
+        (*id == self.0.id()).then(|| self.0.clone())
+    }
+}
+
+#[test]
+fn a_swarm_over_two_rtc_sources_refetches_a_bad_chunk_from_the_good_one() {
+    let id = Identity::new().unwrap();
+    let mut lan = Lan::new(97);
+    let chunk = 16 * 1024;
+    let file = data(20 * chunk + 999);
+    let mut chunker = Chunker::new(chunk as u32);
+    chunker.push(&file);
+    let m = Arc::new(chunker.finish("f.bin").unwrap());
+    let lib = Lib(m.clone());
+    // The downloader makes one offer per source.
+    let (d_good, good) = lan.connect(&id, addr(1, 5000), addr(2, 6000));
+    let (d_bad, bad) = lan.connect(&id, addr(1, 5001), addr(3, 7000));
+    let mut sources = [
+        Source {
+            peer: good,
+            seeder: Seeder::new(16).with_piece_size(4096),
+            corrupt: false,
+            spoiled: None,
+        },
+        Source {
+            peer: bad,
+            seeder: Seeder::new(16).with_piece_size(4096),
+            corrupt: true,
+            spoiled: None,
+        },
+    ];
+    let src_of = |peer: usize| SourceId(peer as u64);
+    let mut swarm = Swarm::new(m.clone(), None);
+    let mut out = vec![0u8; file.len()];
+    let mut dropped = Vec::new();
+    let mut verified = 0;
+    let real = Instant::now();
+    for _ in 0..200_000 {
+        lan.step(Duration::from_millis(20));
+        let now = lan.now;
+        // The downloader's side of each channel.
+        for p in [d_good, d_bad] {
+            for e in lan.events(p) {
+                match e {
+                    PeerEvent::Open => swarm.add_source(src_of(p), now),
+                    PeerEvent::Text(t) => {
+                        if let Ok(msg) = Message::parse(&t) {
+                            swarm.handle_message(src_of(p), &msg, now);
+                        }
+                    }
+                    PeerEvent::Binary(b) => swarm.handle_piece(src_of(p), &b, now),
+                    PeerEvent::Closed(_) => swarm.remove_source(src_of(p), now),
+                    _ => {}
+                }
+            }
+        }
+        // The sources: answer, then send while the channel has room.
+        for s in &mut sources {
+            for e in lan.events(s.peer) {
+                if let PeerEvent::Text(t) = e {
+                    if let Ok(msg) = Message::parse(&t) {
+                        s.seeder.handle_message(&msg, &lib);
+                    }
+                }
+            }
+            let peer = &mut lan.peers[s.peer].1;
+            while peer.is_open() && peer.buffered() + 8192 <= PeerLimits::default().send_buffer {
+                match s.seeder.poll_output() {
+                    None => break,
+                    Some(SeederOutput::Text(msg)) => {
+                        assert!(peer.send_text(&msg.to_text()).unwrap());
+                    }
+                    Some(SeederOutput::Piece(mut frame)) => {
+                        let (h, _) = PieceHeader::decode(&frame).unwrap();
+                        if s.corrupt && h.offset == 0 {
+                            let last = frame.len() - 1;
+                            frame[last] ^= 0xff;
+                            s.corrupt = false;
+                            s.spoiled = Some(h.index);
+                        }
+                        assert!(peer.send_binary(&frame).unwrap());
+                    }
+                    Some(SeederOutput::Read(r)) => {
+                        let at = r.manifest.chunk_offset(r.index) as usize;
+                        let len = r.manifest.chunk_len(r.index) as usize;
+                        s.seeder.chunk_read(&r, Some(file[at..at + len].to_vec()));
+                    }
+                }
+            }
+        }
+        // What the swarm wants said and done.
+        if swarm.poll_timeout().is_some_and(|t| t <= now) {
+            swarm.handle_timeout(now);
+        }
+        while let Some((src, msg)) = swarm.poll_transmit() {
+            let peer = &mut lan.peers[src.0 as usize].1;
+            if peer.is_open() {
+                assert!(peer.send_text(&msg.to_text()).unwrap());
+            }
+        }
+        while let Some(e) = swarm.poll_event() {
+            match e {
+                SwarmEvent::Verified { index, data } => {
+                    let at = m.chunk_offset(index) as usize;
+                    out[at..at + data.len()].copy_from_slice(&data);
+                    verified += 1;
+                }
+                SwarmEvent::SourceDropped { source, reason } => {
+                    dropped.push((source, reason));
+                    lan.peers[source.0 as usize].1.close(CloseReason::BadData);
+                }
+                SwarmEvent::Done => {}
+            }
+        }
+        if swarm.is_done() {
+            break;
+        }
+    }
+    assert!(swarm.is_done(), "the download did not finish");
+    assert!(sources[1].spoiled.is_some(), "the bad source sent nothing");
+    assert_eq!(verified, m.chunk_count());
+    assert_eq!(dropped, [(src_of(d_bad), DropReason::BadData)]);
+    assert_eq!(Sha256::digest(&out), Sha256::digest(&file));
+    // The bad source gave some chunks before it was caught; the good one the rest,
+    // the bad chunk among them.
+    assert!(swarm.delivered_by(src_of(d_good)) > 0);
+    eprintln!(
+        "{} chunks from two sources in {:?} of pretend time, {:?} real, {} datagrams lost",
+        m.chunk_count(),
+        lan.now - lan.start,
         real.elapsed(),
         lan.dropped
     );

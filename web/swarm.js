@@ -379,6 +379,7 @@ class ChannelSource extends Source {
             if (this.bits !== 'all') bitSet(this.bits, m.index);
           }
         } catch { break; }
+        dl.changed(); // it serves now: the row's source count goes up
         dl.fill();
         break;
       case 'error':

@@ -2,9 +2,11 @@
 //! box and print. Each runs to an outcome; the wire details live in `link`, `relay` and
 //! `transfer`. Never prints progress to stdout (stdout carries only results).
 
+use super::direct::{Inbox, LinkEvent, Rtc as _, Step};
 use super::link::{self, Failure, Incoming, Result, Session};
 use super::progress::{self, Progress};
 use super::relay::{self, Continue, Receiving};
+use super::webrtc::HostRtc;
 use super::{Clip, Get, Ls, Receive, Send};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -373,26 +375,56 @@ pub fn send(a: Send) -> Result<()> {
             return Err(Failure::failed("that is this terminal itself"));
         }
         let mut progress = Progress::new(&name, size, a.peer.quiet);
-        let via = if a.relay {
-            "through the box (--relay)"
+        let what = format!("{name} ({})", progress::bytes(size));
+        let whom = target["name"].as_str().unwrap_or(&to).to_string();
+        // Directly when both ends can: P2P on the box, the device opted in to P2P, and a
+        // UDP socket here. Otherwise (or with --relay), through the box.
+        let direct = if a.relay {
+            Err("--relay".to_string())
+        } else if s.welcome["p2p"]["mode"].as_str().is_none_or(|m| m == "off") {
+            Err("P2P is off on the box".to_string())
+        } else if target["p2p"] != true {
+            Err(format!("{whom} has P2P off"))
         } else {
-            "through the box"
+            s.local_ip()
+                .ok_or_else(|| "no local address".to_string())
+                .and_then(HostRtc::bind)
         };
-        eprintln!(
-            "sending {name} ({}) to {} {via}",
-            progress::bytes(size),
-            target["name"].as_str().unwrap_or(&to)
-        );
-        let r = relay::send(
-            &mut s,
-            &to,
-            &file,
-            &name,
-            size,
-            Continue::fresh(),
-            &mut progress,
-        )
-        .await;
+        let r = match direct {
+            Ok(mut rtc) => {
+                eprintln!("sending {what} to {whom}, directly (P2P) if it can");
+                let run = rtc.host.clone().run();
+                let me_name = a.peer.name();
+                let work = super::direct::send(
+                    &mut s,
+                    &mut rtc,
+                    &to,
+                    &file,
+                    &name,
+                    size,
+                    &me_name,
+                    &mut progress,
+                );
+                smol::future::or(work, async {
+                    run.await;
+                    Err(Failure::failed("the WebRTC host stopped"))
+                })
+                .await
+            }
+            Err(why) => {
+                eprintln!("sending {what} to {whom} through the box ({why})");
+                relay::send(
+                    &mut s,
+                    &to,
+                    &file,
+                    &name,
+                    size,
+                    Continue::fresh(),
+                    &mut progress,
+                )
+                .await
+            }
+        };
         s.close().await;
         r.map(|_| ())
     })
@@ -409,117 +441,284 @@ pub fn receive(a: Receive) -> Result<()> {
     smol::block_on(async {
         let me = id_for("receive");
         let mut s = Session::join(&b, &me, &a.peer.name()).await?;
+        // Direct sends need P2P on the box and a UDP socket here; without, the relay.
+        let mut rtc = None;
+        if !a.relay
+            && s.welcome["p2p"]["mode"]
+                .as_str()
+                .is_some_and(|m| m != "off")
+        {
+            match s
+                .local_ip()
+                .ok_or_else(|| "no local address".to_string())
+                .and_then(HostRtc::bind)
+            {
+                Ok(r) => rtc = Some(r),
+                Err(why) => {
+                    eprintln!("lanvan: no direct transfers ({why}); files come through the box")
+                }
+            }
+        }
+        if rtc.is_some() {
+            let name = a.peer.name();
+            s.send(&json!({"type": "enable_p2p", "device_id": me, "device_name": name}))
+                .await?;
+        }
         eprintln!(
             "receiving into {} as \"{}\" ({me}) on {}; Ctrl-C to stop",
             a.dir.display(),
             s.welcome["name"].as_str().unwrap_or(""),
             b.url()
         );
-        let mut open: HashMap<u32, Receiving> = HashMap::new();
-        // Direct receives, and those whose sender moved to the relay.
-        let mut inbox = super::direct::Inbox::default();
-        loop {
-            let Some(msg) = s.next(Duration::from_secs(30)).await else {
+        let runner = rtc.as_ref().map(|r| r.host.clone().run());
+        let work = receive_loop(&a, &mut s, rtc.as_mut());
+        match runner {
+            Some(run) => {
+                smol::future::or(work, async {
+                    run.await;
+                    Err(Failure::failed("the WebRTC host stopped"))
+                })
+                .await
+            }
+            None => work.await,
+        }
+    })
+}
+
+/// One thing `receive` acts on.
+enum Ev {
+    Link(LinkEvent),
+    Box(Incoming),
+    Tick,
+}
+
+async fn receive_loop(a: &Receive, s: &mut Session, mut rtc: Option<&mut HostRtc>) -> Result<()> {
+    let me = s.id.clone();
+    let mut open: HashMap<u32, Receiving> = HashMap::new();
+    // Direct receives, and those whose sender moved to the relay.
+    let mut inbox = Inbox::default();
+    // The direct link: the sending device and the request id.
+    let mut link: Option<(String, String)> = None;
+    loop {
+        let ev = match rtc.as_deref_mut() {
+            Some(r) => {
+                smol::future::or(
+                    async {
+                        r.next_event(Duration::from_secs(30))
+                            .await
+                            .map(Ev::Link)
+                            .unwrap_or(Ev::Tick)
+                    },
+                    async {
+                        s.next(Duration::from_secs(30))
+                            .await
+                            .map(Ev::Box)
+                            .unwrap_or(Ev::Tick)
+                    },
+                )
+                .await
+            }
+            None => s
+                .next(Duration::from_secs(30))
+                .await
+                .map(Ev::Box)
+                .unwrap_or(Ev::Tick),
+        };
+        let steps = match ev {
+            Ev::Tick => continue,
+            Ev::Link(LinkEvent::Open) => {
+                if let Some(r) = rtc.as_deref_mut() {
+                    r.send_text(&json!({"t": "vis", "hidden": false}).to_string());
+                }
                 continue;
-            };
-            let v = match msg {
-                Incoming::Json(v) => v,
-                Incoming::Binary(frame) if frame.len() >= 8 => {
-                    let id = u32::from_be_bytes(frame[0..4].try_into().expect("4 bytes"));
-                    let index = u32::from_be_bytes(frame[4..8].try_into().expect("4 bytes"));
-                    let Some(r) = open.get_mut(&id) else { continue };
-                    match r.chunk(index, &frame[8..]) {
-                        Ok(out) => {
-                            for m in out {
-                                s.send(&m).await?;
-                            }
-                        }
-                        Err(why) => {
-                            s.send(&json!({"type": "relay_cancel", "id": id, "reason": why}))
-                                .await?;
-                            eprintln!("lanvan: {why}");
-                            if let Some(r) = open.remove(&id) {
-                                r.discard();
-                            }
-                            if a.once {
-                                return Err(Failure::failed(why));
-                            }
+            }
+            Ev::Link(LinkEvent::Text(t)) => inbox.text(&t, &a.dir, a.peer.quiet),
+            Ev::Link(LinkEvent::Binary(b)) => inbox.piece(&b, &a.dir),
+            Ev::Link(LinkEvent::Writable) => continue,
+            Ev::Link(LinkEvent::Closed(_)) => {
+                inbox.channel_lost();
+                if let Some((_, rid)) = link.take() {
+                    let _ = s
+                        .send(&json!({"type": "p2p_close", "request_id": rid}))
+                        .await;
+                }
+                continue;
+            }
+            Ev::Box(Incoming::Binary(frame)) if frame.len() >= 8 => {
+                let id = u32::from_be_bytes(frame[0..4].try_into().expect("4 bytes"));
+                let index = u32::from_be_bytes(frame[4..8].try_into().expect("4 bytes"));
+                let Some(r) = open.get_mut(&id) else { continue };
+                match r.chunk(index, &frame[8..]) {
+                    Ok(out) => {
+                        for m in out {
+                            s.send(&m).await?;
                         }
                     }
-                    continue;
-                }
-                Incoming::Binary(_) => continue,
-                Incoming::Closed(why) => {
-                    return Err(Failure::failed(format!(
-                        "the box closed the connection: {why}"
-                    )))
-                }
-            };
-            let id = v["id"].as_u64().unwrap_or(u64::MAX) as u32;
-            match v["type"].as_str().unwrap_or("") {
-                "relay_offer" => {
-                    // A send that started on the direct channel continues after what is held.
-                    let held = v["ref"].as_str().and_then(|r| inbox.claim(r));
-                    match Receiving::accept(&v, &a.dir, held, a.peer.quiet) {
-                        Ok((r, accept)) => {
-                            eprintln!(
-                                "receiving {} ({}) from {}",
-                                r.name,
-                                progress::bytes(r.size),
-                                r.from_name
-                            );
-                            s.send(&accept).await?;
-                            if r.chunks == 0 {
-                                if let Some(done) = r.done_message() {
-                                    s.send(&done).await?;
-                                }
-                            }
-                            open.insert(id, r);
-                        }
-                        Err(why) => {
-                            s.send(&json!({"type": "relay_decline", "id": id, "reason": why}))
-                                .await?;
-                        }
-                    }
-                }
-                "relay_resume" if v["role"] == "receiver" => {
-                    if let Some(r) = open.get(&id) {
-                        s.send(&json!({"type": "relay_ack", "id": id, "acked": r.next}))
+                    Err(why) => {
+                        s.send(&json!({"type": "relay_cancel", "id": id, "reason": why}))
                             .await?;
-                    }
-                }
-                "relay_complete" => {
-                    if let Some(r) = open.remove(&id) {
-                        let sha = v["sha256"].as_str().unwrap_or("");
-                        match r.complete(&a.dir, sha) {
-                            Ok(path) => {
-                                println!("{}", path.display());
-                                let _ = std::io::stdout().flush();
-                                if a.once {
-                                    return Ok(());
-                                }
-                            }
-                            Err(why) if a.once => return Err(Failure::failed(why)),
-                            Err(why) => eprintln!("lanvan: {why}"),
+                        eprintln!("lanvan: {why}");
+                        if let Some(r) = open.remove(&id) {
+                            r.discard();
                         }
-                    }
-                }
-                "relay_failed" | "relay_cancelled" => {
-                    if let Some(r) = open.remove(&id) {
-                        let why = format!(
-                            "{}: the send ended without the file ({})",
-                            r.name,
-                            v["code"].as_str().or(v["reason"].as_str()).unwrap_or("")
-                        );
-                        r.discard();
                         if a.once {
                             return Err(Failure::failed(why));
                         }
-                        eprintln!("lanvan: {why}");
                     }
                 }
-                _ => {}
+                continue;
+            }
+            Ev::Box(Incoming::Binary(_)) => continue,
+            Ev::Box(Incoming::Closed(why)) => {
+                return Err(Failure::failed(format!(
+                    "the box closed the connection: {why}"
+                )))
+            }
+            Ev::Box(Incoming::Json(v)) => {
+                let id = v["id"].as_u64().unwrap_or(u64::MAX) as u32;
+                let rid = v["request_id"].as_str().unwrap_or("").to_string();
+                let is_link = link.as_ref().is_some_and(|(_, r)| *r == rid);
+                match v["type"].as_str().unwrap_or("") {
+                    "p2p_request_received" => {
+                        let from = v["from"].as_str().unwrap_or("");
+                        // One direct link at a time; the user ran `receive`, so it is accepted.
+                        let answer = if rtc.is_some() && link.is_none() {
+                            "p2p_accept"
+                        } else {
+                            "p2p_decline"
+                        };
+                        s.send(&json!({"type": answer, "from": from, "to": me, "request_id": rid}))
+                            .await?;
+                        Vec::new()
+                    }
+                    "webrtc_handshake_start" if v["is_initiator"] == false => {
+                        let peer = v["peer_device_id"].as_str().unwrap_or("").to_string();
+                        eprintln!("connecting directly (P2P) to {peer}…");
+                        link = Some((peer, rid));
+                        Vec::new()
+                    }
+                    "webrtc_offer" if is_link => {
+                        let offer = &v["offer"];
+                        let sdp = offer.as_str().or(offer["sdp"].as_str()).unwrap_or("");
+                        if let Some(r) = rtc.as_deref_mut() {
+                            match r.answer(sdp) {
+                                Ok(answer) => {
+                                    let to =
+                                        link.as_ref().map(|(p, _)| p.clone()).unwrap_or_default();
+                                    s.send(
+                                        &json!({"type": "webrtc_signal", "signal_type": "answer",
+                                        "target_device_id": to, "request_id": rid,
+                                        "answer": {"type": "answer", "sdp": answer}}),
+                                    )
+                                    .await?;
+                                }
+                                Err(why) => {
+                                    eprintln!("lanvan: the direct connection failed: {why}");
+                                    s.send(&json!({"type": "p2p_close", "request_id": rid}))
+                                        .await?;
+                                    link = None;
+                                }
+                            }
+                        }
+                        Vec::new()
+                    }
+                    "webrtc_ice_candidate" if is_link => {
+                        let c = &v["candidate"];
+                        if let (Some(line), Some(r)) =
+                            (c.as_str().or(c["candidate"].as_str()), rtc.as_deref_mut())
+                        {
+                            if !line.is_empty() {
+                                r.add_candidate(line);
+                            }
+                        }
+                        Vec::new()
+                    }
+                    "p2p_connection_failed" | "p2p_connection_closed" if is_link => {
+                        link = None;
+                        inbox.channel_lost();
+                        if let Some(r) = rtc.as_deref_mut() {
+                            r.close();
+                        }
+                        Vec::new()
+                    }
+                    "relay_offer" => {
+                        // A send that started on the direct channel continues after what is held.
+                        let held = v["ref"].as_str().and_then(|r| inbox.claim(r));
+                        match Receiving::accept(&v, &a.dir, held, a.peer.quiet) {
+                            Ok((r, accept)) => {
+                                eprintln!(
+                                    "receiving {} ({}) from {} through the box",
+                                    r.name,
+                                    progress::bytes(r.size),
+                                    r.from_name
+                                );
+                                s.send(&accept).await?;
+                                if r.chunks == 0 {
+                                    if let Some(done) = r.done_message() {
+                                        s.send(&done).await?;
+                                    }
+                                }
+                                open.insert(id, r);
+                            }
+                            Err(why) => {
+                                s.send(&json!({"type": "relay_decline", "id": id, "reason": why}))
+                                    .await?;
+                            }
+                        }
+                        Vec::new()
+                    }
+                    "relay_resume" if v["role"] == "receiver" => {
+                        if let Some(r) = open.get(&id) {
+                            s.send(&json!({"type": "relay_ack", "id": id, "acked": r.next}))
+                                .await?;
+                        }
+                        Vec::new()
+                    }
+                    "relay_complete" => {
+                        if let Some(r) = open.remove(&id) {
+                            let sha = v["sha256"].as_str().unwrap_or("");
+                            match r.complete(&a.dir, sha) {
+                                Ok(path) => vec![Step::Saved(path)],
+                                Err(why) => vec![Step::Failed(why)],
+                            }
+                        } else {
+                            continue;
+                        }
+                    }
+                    "relay_failed" | "relay_cancelled" => {
+                        if let Some(r) = open.remove(&id) {
+                            let why = format!(
+                                "{}: the send ended without the file ({})",
+                                r.name,
+                                v["code"].as_str().or(v["reason"].as_str()).unwrap_or("")
+                            );
+                            r.discard();
+                            vec![Step::Failed(why)]
+                        } else {
+                            continue;
+                        }
+                    }
+                    _ => continue,
+                }
+            }
+        };
+        for step in steps {
+            match step {
+                Step::Say(m) => {
+                    if let Some(r) = rtc.as_deref_mut() {
+                        r.send_text(&m);
+                    }
+                }
+                Step::Saved(path) => {
+                    println!("{}", path.display());
+                    let _ = std::io::stdout().flush();
+                    if a.once {
+                        return Ok(());
+                    }
+                }
+                Step::Failed(why) if a.once => return Err(Failure::failed(why)),
+                Step::Failed(why) => eprintln!("lanvan: {why}"),
             }
         }
-    })
+    }
 }

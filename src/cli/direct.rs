@@ -52,7 +52,8 @@ pub trait Rtc {
 /// Why the direct path was given up, and where the relay continues.
 struct Moved {
     why: String,
-    from: Continue,
+    /// Boxed: the running hasher is large, and this travels in a Result.
+    from: Box<Continue>,
 }
 
 /// An SDP or candidate as the page sends it: a string, or an object with `sdp`/`candidate`.
@@ -135,7 +136,7 @@ pub async fn send(
         Err(Ok(moved)) => {
             progress.abandon();
             eprintln!("{name}: P2P failed ({}), using the box", moved.why);
-            moved.from
+            *moved.from
         }
         Err(Err(failure)) => return Err(failure),
     };
@@ -166,7 +167,7 @@ async fn try_direct(
     let fresh = |why: String| {
         Err(Ok(Moved {
             why,
-            from: Continue::fresh(),
+            from: Box::new(Continue::fresh()),
         }))
     };
     let rid = match request(s, to, my_name).await {
@@ -256,11 +257,8 @@ async fn try_direct(
                 let Some(t) = tx.as_mut() else { continue };
                 if m["t"] == "vis" && m["hidden"] == true {
                     let mut mv = moved(rtc, t, "hidden", "the page went to the background");
-                    mv.from = Continue {
-                        start_chunk: 0,
-                        store: true,
-                        ..mv.from
-                    };
+                    mv.from.start_chunk = 0;
+                    mv.from.store = true;
                     return Err(Ok(mv));
                 }
                 if m["id"].as_u64() != Some(t.id as u64) {
@@ -337,7 +335,7 @@ fn moved(rtc: &mut impl Rtc, t: &mut DirectSend, reason: &str, why: &str) -> Mov
     let (hasher, hashed, sha256) = t.hash_so_far();
     Moved {
         why: why.to_string(),
-        from: Continue {
+        from: Box::new(Continue {
             start_chunk: start,
             reference: Some(format!("p2p:{}", t.id)),
             hasher,
@@ -345,7 +343,7 @@ fn moved(rtc: &mut impl Rtc, t: &mut DirectSend, reason: &str, why: &str) -> Mov
             sha256,
             inbox: true,
             store: false,
-        },
+        }),
     }
 }
 
@@ -495,11 +493,24 @@ impl Inbox {
 
     /// Takes out what this terminal holds of the send a relay offer with `reference`
     /// continues: the part file, its hash so far and the chunks held.
+    /// The relay offer may come before the channel's `moved` (the box is quicker than a
+    /// stalled path), so a running receive is claimed too (the page's `claim` does alike).
     pub fn claim(
         &mut self,
         reference: &str,
     ) -> Option<(std::path::PathBuf, File, sha2::Sha256, u32)> {
-        let a = self.moved.remove(reference)?;
+        let running = reference
+            .strip_prefix("p2p:")
+            .and_then(|id| id.parse::<u32>().ok())
+            .filter(|id| {
+                self.arriving
+                    .get(id)
+                    .is_some_and(|a| a.rx.state == super::transfer::ReceiveState::Moving)
+            });
+        let a = match running {
+            Some(id) => self.arriving.remove(&id)?,
+            None => self.moved.remove(reference)?,
+        };
         let (hasher, next) = a.rx.hash_so_far();
         Some((a.part, a.file, hasher, next))
     }

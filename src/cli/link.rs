@@ -423,6 +423,11 @@ impl Session {
         }
     }
 
+    /// The local address this terminal reaches the box from: its LAN address.
+    pub fn local_ip(&self) -> Option<std::net::IpAddr> {
+        self.ws.get_ref().local_addr().ok().map(|a| a.ip())
+    }
+
     /// Closes the socket politely.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

@@ -8,6 +8,7 @@ pub mod link;
 pub mod progress;
 pub mod relay;
 pub mod transfer;
+pub mod webrtc;
 
 use clap::Args;
 use link::Failure;
@@ -107,6 +108,9 @@ pub struct Receive {
     /// Exit after the first file (0 if it arrived whole, 1 if not).
     #[arg(long)]
     pub once: bool,
+    /// Take files through the box's relay only: do not offer direct (P2P) connections.
+    #[arg(long)]
+    pub relay: bool,
 }
 
 /// Runs a peer command to its exit code; errors are printed as `lanvan: …`.

@@ -306,7 +306,10 @@ impl Receiving {
         let start = index as u64 * self.chunk_size;
         let want = (self.size - start).min(self.chunk_size) as usize;
         if payload.len() != want {
-            return Err(format!("chunk {index} has {} bytes, not {want}", payload.len()));
+            return Err(format!(
+                "chunk {index} has {} bytes, not {want}",
+                payload.len()
+            ));
         }
         if index >= self.held {
             self.file

@@ -17,6 +17,10 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 /// The label of the chunk protocol's data channel (docs/protocol.md "Chunk protocol").
 pub const CHUNKS_LABEL: &str = "lanvan-chunks";
 
+/// The label of the browser app's P2P transfer channel (docs/protocol.md "P2P transfers"),
+/// which the CLI speaks to a browser.
+pub const TRANSFER_LABEL: &str = "lanvan";
+
 /// The DTLS identity every peer of this process shares: made once at start, so a new
 /// connection does not pay for a key pair.
 #[derive(Clone)]
@@ -154,7 +158,8 @@ pub enum PeerEvent {
     Text(String),
     /// A binary message on the channel.
     Binary(Vec<u8>),
-    /// The send buffer drained below half: writes that were refused may be retried.
+    /// The send buffer drained below half: writes that were refused (or held back because
+    /// `buffered()` was high) may go ahead.
     Writable,
     /// The peer is over; nothing more comes from it.
     Closed(CloseReason),
@@ -188,6 +193,8 @@ pub struct Peer {
     rtc: Rtc,
     /// The offerer's answer-to-be.
     pending: Option<SdpPendingOffer>,
+    /// The one channel this peer uses (`CHUNKS_LABEL` unless made with another).
+    label: String,
     channel: Option<ChannelId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PeerEvent>,
@@ -198,7 +205,13 @@ pub struct Peer {
 }
 
 impl Peer {
-    fn build(id: &Identity, limits: &PeerLimits, now: Instant, local: &[SocketAddr]) -> Peer {
+    fn build(
+        id: &Identity,
+        limits: &PeerLimits,
+        now: Instant,
+        local: &[SocketAddr],
+        label: &str,
+    ) -> Peer {
         let mut cfg = RtcConfig::new()
             .set_crypto_provider(id.provider.clone())
             .set_dtls_cert(id.cert.clone())
@@ -218,6 +231,7 @@ impl Peer {
         let mut peer = Peer {
             rtc,
             pending: None,
+            label: label.to_string(),
             channel: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -239,9 +253,21 @@ impl Peer {
         now: Instant,
         local: &[SocketAddr],
     ) -> Result<(Peer, String), PeerError> {
-        let mut peer = Peer::build(id, limits, now, local);
+        Peer::offer_channel(id, limits, now, local, CHUNKS_LABEL)
+    }
+
+    /// `offer` with a channel of another label (the CLI's `lanvan` transfer channel to a
+    /// browser).
+    pub fn offer_channel(
+        id: &Identity,
+        limits: &PeerLimits,
+        now: Instant,
+        local: &[SocketAddr],
+        label: &str,
+    ) -> Result<(Peer, String), PeerError> {
+        let mut peer = Peer::build(id, limits, now, local, label);
         let mut change = peer.rtc.sdp_api();
-        let channel = change.add_channel(CHUNKS_LABEL.to_string());
+        let channel = change.add_channel(label.to_string());
         let (offer, pending) = change
             .apply()
             .ok_or_else(|| PeerError::Rtc("nothing to offer".into()))?;
@@ -259,9 +285,22 @@ impl Peer {
         local: &[SocketAddr],
         offer_sdp: &str,
     ) -> Result<(Peer, String), PeerError> {
+        Peer::answer_channel(id, limits, now, local, offer_sdp, CHUNKS_LABEL)
+    }
+
+    /// `answer` for an offer whose channel has another label (the CLI answering a
+    /// browser's `lanvan` transfer channel).
+    pub fn answer_channel(
+        id: &Identity,
+        limits: &PeerLimits,
+        now: Instant,
+        local: &[SocketAddr],
+        offer_sdp: &str,
+        label: &str,
+    ) -> Result<(Peer, String), PeerError> {
         let offer =
             SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
-        let mut peer = Peer::build(id, limits, now, local);
+        let mut peer = Peer::build(id, limits, now, local, label);
         let answer = peer
             .rtc
             .sdp_api()
@@ -468,12 +507,16 @@ impl Peer {
                 self.events
                     .push_back(PeerEvent::Closed(CloseReason::Timeout));
             }
-            // Other channels are ignored: this peer speaks only the chunk protocol.
+            // Other channels are ignored: a peer speaks one protocol on one channel.
             Event::ChannelOpen(id, label)
-                if label == CHUNKS_LABEL
-                    && (self.channel.is_none() || self.channel == Some(id)) =>
+                if label == self.label && (self.channel.is_none() || self.channel == Some(id)) =>
             {
                 self.channel = Some(id);
+                // `Writable` whenever the buffer drains below half, not only after a refused
+                // write: a sender that checks `buffered()` before writing never gets refused.
+                if let Some(mut ch) = self.rtc.channel(id) {
+                    ch.set_buffered_amount_low_threshold(self.limits.send_buffer / 2);
+                }
                 self.events.push_back(PeerEvent::Open);
             }
             Event::ChannelData(d) if Some(d.id) == self.channel => {
@@ -616,6 +659,31 @@ mod tests {
         assert_eq!(a.closed(), Some(CloseReason::Timeout));
         assert!(now - vanished <= PeerLimits::default().idle_timeout + Duration::from_millis(50));
         assert!(events(&mut a).contains(&PeerEvent::Closed(CloseReason::Timeout)));
+    }
+
+    #[test]
+    fn a_peer_made_for_the_transfer_channel_opens_that_one() {
+        let id = Identity::new().unwrap();
+        let limits = PeerLimits::default();
+        let mut now = Instant::now();
+        let a: SocketAddr = ([192, 168, 1, 10], 5000).into();
+        let b: SocketAddr = ([192, 168, 1, 20], 6000).into();
+        let (mut off, offer) =
+            Peer::offer_channel(&id, &limits, now, &[a], TRANSFER_LABEL).unwrap();
+        let (mut ans, answer) =
+            Peer::answer_channel(&id, &limits, now, &[b], &offer, TRANSFER_LABEL).unwrap();
+        off.accept_answer(&answer).unwrap();
+        run_until_open(&mut off, &mut ans, &mut now);
+        for _ in 0..20 {
+            exchange(&mut off, &mut ans, now);
+            now += Duration::from_millis(5);
+            off.handle_timeout(now);
+            ans.handle_timeout(now);
+        }
+        assert!(events(&mut ans).contains(&PeerEvent::Open));
+        assert!(off.send_text("{\"t\":\"file\"}").unwrap());
+        exchange(&mut off, &mut ans, now);
+        assert!(events(&mut ans).contains(&PeerEvent::Text("{\"t\":\"file\"}".into())));
     }
 
     #[test]

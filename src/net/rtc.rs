@@ -8,27 +8,46 @@
 //!
 //! ```no_run
 //! # async fn demo(signal: impl Fn(String) -> String) -> Result<(), Box<dyn std::error::Error>> {
-//! use lanvan::core::peer::{Identity, PeerEvent, PeerLimits};
+//! use lanvan::core::peer::{Identity, PeerEvent};
 //! use lanvan::net::rtc::{Host, HostLimits};
 //! let identity = Identity::new()?; // once per process: certificate + warm crypto
-//! let local = ["192.168.1.20:0".parse()?]; // the LAN address(es) to use
+//! // The LAN address the box is reached from (the /ws socket's local address), port 0.
+//! let local = ["192.168.1.20:0".parse()?];
 //! let (host, events) = Host::bind(&local, identity, HostLimits::default())?;
-//! let runner = smol::spawn(host.clone().run()); // or race it with your own work
-//! let (peer, offer) = host.offer()?; // offer with the `lanvan-chunks` channel
-//! let answer = signal(offer); // rtc_offer / rtc_answer over the box's /ws
-//! host.accept_answer(peer, &answer)?;
-//! while let Ok((id, event)) = events.recv().await {
-//!     match event {
-//!         PeerEvent::Open => { host.send_text(id, r#"{"t":"hello","id":"x","name":"cli","role":"cli","max_requests":16}"#)?; }
-//!         PeerEvent::Text(t) => { /* chunk protocol message */ }
-//!         PeerEvent::Binary(b) => { /* chunk piece */ }
-//!         PeerEvent::Writable => { /* retry writes that returned Ok(false) */ }
-//!         PeerEvent::Closed(reason) => break,
-//!         PeerEvent::Connected => {}
+//! // The host runs beside your work on the same thread (Rc, not Send): race them.
+//! let work = async {
+//!     // Offer (with the `lanvan-chunks` channel), signal, apply the answer. The callback
+//!     // sends `rtc_offer` over the box's /ws and returns the SDP of its `rtc_answer`.
+//!     let peer = host
+//!         .connect(|offer| async move { Ok::<_, std::io::Error>(signal(offer)) })
+//!         .await?;
+//!     while let Ok((id, event)) = events.recv().await {
+//!         match event {
+//!             PeerEvent::Open => {
+//!                 let hello = r#"{"t":"hello","id":"x","name":"cli","role":"cli","max_requests":16}"#;
+//!                 host.send_text(id, hello)?;
+//!             }
+//!             PeerEvent::Text(t) => { /* a chunk protocol message */ }
+//!             PeerEvent::Binary(b) => { /* a chunk piece */ }
+//!             PeerEvent::Writable => { /* retry writes that returned Ok(false) */ }
+//!             PeerEvent::Closed(reason) => break,
+//!             PeerEvent::Connected => {}
+//!         }
 //!     }
-//! }
-//! # drop(runner); Ok(()) }
+//!     Ok::<_, Box<dyn std::error::Error>>(peer)
+//! };
+//! let run = async {
+//!     host.clone().run().await;
+//!     unreachable!()
+//! };
+//! smol::future::or(work, run).await?;
+//! # Ok(()) }
 //! ```
+//!
+//! For a browser's P2P transfer channel (`lanvan`, docs/protocol.md "P2P transfers") use
+//! `connect_channel(TRANSFER_LABEL, ..)` as the sender, or `answer_channel(sdp,
+//! TRANSFER_LABEL)` for a browser's offer, with the SDP carried by `webrtc_signal`;
+//! trickled browser candidates go to `add_remote_candidate` (`.local` ones fail harmlessly).
 //!
 //! `send_text`/`send_binary` return `Ok(false)` when the peer's send buffer
 //! (`PeerLimits::send_buffer`) is full; `PeerEvent::Writable` says when to try again.
@@ -36,7 +55,9 @@
 
 pub mod serve;
 
-use crate::core::peer::{CloseReason, Identity, Peer, PeerError, PeerEvent, PeerLimits, Transmit};
+use crate::core::peer::{
+    CloseReason, Identity, Peer, PeerError, PeerEvent, PeerLimits, Transmit, CHUNKS_LABEL,
+};
 use smol::channel::{Receiver, Sender};
 use smol::{Async, Timer};
 use std::cell::RefCell;
@@ -51,6 +72,9 @@ pub type PeerId = u64;
 
 /// Where a host's events arrive, in order per peer.
 pub type Events = Receiver<(PeerId, PeerEvent)>;
+
+/// Kernel buffer asked for on each UDP socket, each way.
+const SOCKET_BUFFER: usize = 2 * 1024 * 1024;
 
 /// Largest datagram read; WebRTC keeps datagrams under the path MTU (about 1200-1500).
 const MAX_DATAGRAM: usize = 2048;
@@ -86,6 +110,8 @@ pub enum HostError {
     Busy,
     /// No such peer (it closed).
     Gone,
+    /// The signaling callback of `connect` failed.
+    Signal(String),
     Peer(PeerError),
 }
 
@@ -94,6 +120,7 @@ impl std::fmt::Display for HostError {
         match self {
             HostError::Busy => f.write_str("too many WebRTC peers"),
             HostError::Gone => f.write_str("that WebRTC peer is gone"),
+            HostError::Signal(e) => write!(f, "signaling failed: {e}"),
             HostError::Peer(e) => e.fmt(f),
         }
     }
@@ -105,6 +132,24 @@ impl From<PeerError> for HostError {
     fn from(e: PeerError) -> Self {
         HostError::Peer(e)
     }
+}
+
+/// This machine's LAN IPv4 addresses (not loopback, link-local or unspecified), to bind a
+/// host on when the listen address is unspecified.
+pub fn lan_ipv4s() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut ips: Vec<std::net::IpAddr> = addrs
+        .filter_map(|ifa| {
+            let v4 = ifa.address?.as_sockaddr_in()?.ip();
+            (!v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified())
+                .then_some(std::net::IpAddr::V4(v4))
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 /// The UDP sockets and every peer on them. Lives on one thread.
@@ -144,6 +189,12 @@ impl Host {
         let mut locals = Vec::new();
         for a in addrs {
             let s = Async::<UdpSocket>::bind(*a)?;
+            // A data channel bursts up to its send buffer at once: with the default receive
+            // buffer (~200 KiB) the kernel drops part of a burst and SCTP must recover it.
+            // Best effort: the kernel caps it at net.core.rmem_max.
+            use nix::sys::socket::{setsockopt, sockopt};
+            let _ = setsockopt(s.get_ref(), sockopt::RcvBuf, &SOCKET_BUFFER);
+            let _ = setsockopt(s.get_ref(), sockopt::SndBuf, &SOCKET_BUFFER);
             locals.push(s.get_ref().local_addr()?);
             sockets.push(s);
         }
@@ -175,12 +226,19 @@ impl Host {
 
     /// Starts an offering peer with the `lanvan-chunks` channel; returns its offer SDP.
     pub fn offer(&self) -> Result<(PeerId, String), HostError> {
+        self.offer_channel(CHUNKS_LABEL)
+    }
+
+    /// `offer` with a channel of another label (`TRANSFER_LABEL` for the CLI's sends to a
+    /// browser, which speak the P2P transfer framing).
+    pub fn offer_channel(&self, label: &str) -> Result<(PeerId, String), HostError> {
         self.room()?;
-        let (peer, sdp) = Peer::offer(
+        let (peer, sdp) = Peer::offer_channel(
             &self.identity,
             &self.limits.peer,
             Instant::now(),
             &self.locals,
+            label,
         )?;
         Ok((self.insert(peer), sdp))
     }
@@ -188,15 +246,65 @@ impl Host {
     /// Answers a remote offer with a new peer; returns the answer SDP (with the host
     /// candidates in it: no trickle from this side).
     pub fn answer(&self, offer_sdp: &str) -> Result<(PeerId, String), HostError> {
+        self.answer_channel(offer_sdp, CHUNKS_LABEL)
+    }
+
+    /// `answer` for an offer whose channel has another label (a browser's `lanvan`
+    /// transfer channel, answered by `lanvan receive`).
+    pub fn answer_channel(
+        &self,
+        offer_sdp: &str,
+        label: &str,
+    ) -> Result<(PeerId, String), HostError> {
         self.room()?;
-        let (peer, sdp) = Peer::answer(
+        let (peer, sdp) = Peer::answer_channel(
             &self.identity,
             &self.limits.peer,
             Instant::now(),
             &self.locals,
             offer_sdp,
+            label,
         )?;
         Ok((self.insert(peer), sdp))
+    }
+
+    /// The offerer's whole handshake: makes an offer, hands its SDP to `signal` (which
+    /// sends `rtc_offer` over `/ws` and returns the SDP of the box's `rtc_answer`), and
+    /// applies the answer. The channel opens later: wait for `PeerEvent::Open`.
+    pub async fn connect<F, Fut, E>(&self, signal: F) -> Result<PeerId, HostError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<String, E>>,
+        E: std::fmt::Display,
+    {
+        self.connect_channel(CHUNKS_LABEL, signal).await
+    }
+
+    /// `connect` with a channel of another label (`TRANSFER_LABEL` for a browser).
+    pub async fn connect_channel<F, Fut, E>(
+        &self,
+        label: &str,
+        signal: F,
+    ) -> Result<PeerId, HostError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<String, E>>,
+        E: std::fmt::Display,
+    {
+        let (id, offer) = self.offer_channel(label)?;
+        match signal(offer).await {
+            Ok(answer) => match self.accept_answer(id, &answer) {
+                Ok(()) => Ok(id),
+                Err(e) => {
+                    self.close(id, CloseReason::Failed);
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                self.close(id, CloseReason::Failed);
+                Err(HostError::Signal(e.to_string()))
+            }
+        }
     }
 
     /// Applies the answer to an offer made by `offer`.

@@ -143,3 +143,37 @@ test('CLI: a page sends to `lanvan receive` through the box; SHA-256 matches', {
   await p.context.close();
   rmSync(dir, { recursive: true, force: true });
 });
+
+test('CLI: `lanvan send` to a page over a data channel; SHA-256 matches, the box carries no file bytes', { timeout: 120000 }, async () => {
+  const p = await p2pPage();
+  const f = makeFile(files, 'cli direct 6MiB.bin', 6 * MiB + 3, 41);
+  const before = (await box.json('/api/status')).bytes_in;
+  const send = cli(['send', f.path, '--to', p.id]);
+  const got = await pageReceives(p.page);
+  assert.match(got.text, /directly \(P2P\)/);
+  assert.equal(got.sha, f.sha256);
+  const r = await send.done;
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /sent directly \(P2P\)/);
+  const through = (await box.json('/api/status')).bytes_in - before;
+  assert.ok(through < 1 * MiB, `the box received ${through} bytes during a direct send`);
+  await p.context.close();
+});
+
+test('CLI: with UDP between the CLI and the page blocked, the send falls back to the relay; SHA-256 matches', { timeout: 120000 }, async () => {
+  const p = await p2pPage();
+  const f = makeFile(files, 'cli fallback 3MiB.bin', 3 * MiB + 9, 51);
+  cut();
+  try {
+    const send = cli(['send', f.path, '--to', p.id]);
+    const got = await pageReceives(p.page);
+    assert.equal(got.sha, f.sha256);
+    const r = await send.done;
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /P2P failed/);
+    assert.match(r.stderr, new RegExp(f.sha256));
+  } finally {
+    uncut();
+  }
+  await p.context.close();
+});

@@ -4,6 +4,9 @@
 //! chunk reads go to the disk thread, and a peer's channel is written only while it has room.
 
 use super::{Host, HostError, HostLimits, PeerId};
+use crate::core::chunks::seeder::{Handled, Output};
+use crate::core::chunks::wire::PIECE_HEADER;
+use crate::core::chunks::{Message, Seeder};
 use crate::core::hub::ConnId;
 use crate::core::peer::{CloseReason, Identity, PeerError, PeerEvent, PeerLimits};
 use crate::net::server::App;
@@ -22,12 +25,21 @@ pub const MAX_REQUESTS: usize = 16;
 pub struct BoxPeers {
     pub host: Rc<Host>,
     per_device: usize,
+    send_buffer: usize,
     sessions: RefCell<HashMap<PeerId, Session>>,
 }
 
 struct Session {
     conn: ConnId,
     name: String,
+    seeder: Seeder,
+    /// A message the channel refused (its buffer was full); sent first once it has room.
+    held: Option<Held>,
+}
+
+enum Held {
+    Text(String),
+    Piece(Vec<u8>),
 }
 
 impl BoxPeers {
@@ -43,7 +55,7 @@ impl BoxPeers {
             return None;
         }
         let ips: Vec<IpAddr> = if listen.ip().is_unspecified() {
-            lan_ipv4s()
+            super::lan_ipv4s()
         } else {
             vec![listen.ip()]
         };
@@ -51,6 +63,7 @@ impl BoxPeers {
             log::warn!("the box is no WebRTC peer: it has no LAN IPv4 address");
             return None;
         }
+        let started = std::time::Instant::now();
         let identity = match Identity::new() {
             Ok(i) => i,
             Err(e) => {
@@ -71,17 +84,19 @@ impl BoxPeers {
         match Host::bind(&addrs, identity, limits) {
             Ok((host, events)) => {
                 log::info!(
-                    "WebRTC peer on udp {}",
+                    "WebRTC peer on udp {} (certificate and crypto warm-up: {} ms)",
                     host.locals()
                         .iter()
                         .map(|a| a.to_string())
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    started.elapsed().as_millis()
                 );
                 Some((
                     BoxPeers {
                         host,
                         per_device: p.max_box_peers_per_device,
+                        send_buffer: p.box_peer_send_buffer as usize,
                         sessions: RefCell::default(),
                     },
                     events,
@@ -98,23 +113,6 @@ impl BoxPeers {
     pub fn count(&self) -> usize {
         self.host.peer_count()
     }
-}
-
-/// The box's LAN IPv4 addresses (not loopback, not link-local).
-fn lan_ipv4s() -> Vec<IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    let mut ips: Vec<IpAddr> = addrs
-        .filter_map(|ifa| {
-            let v4 = ifa.address?.as_sockaddr_in()?.ip();
-            (!v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified())
-                .then_some(IpAddr::V4(v4))
-        })
-        .collect();
-    ips.sort();
-    ips.dedup();
-    ips
 }
 
 /// A refusal sent back as the usual error frame.
@@ -249,6 +247,8 @@ impl App {
                     Session {
                         conn,
                         name: session.to_string(),
+                        seeder: Seeder::new(MAX_REQUESTS),
+                        held: None,
                     },
                 );
                 json!({"type": "rtc_answer", "session": session, "sdp": answer})
@@ -292,19 +292,20 @@ impl App {
 }
 
 /// Serves the box's peers: runs the host and answers what each channel says, until the
-/// box stops.
+/// box stops. Events are taken one at a time, so one peer's chunk read finishes before the
+/// next event; while it waits, the host's bounded event queue holds the rest.
 pub async fn serve(app: Rc<App>, events: Receiver<(PeerId, PeerEvent)>) {
     let Some(peers) = &app.rtc else { return };
     let runner = peers.host.clone().run();
     let handle = async {
         while let Ok((id, event)) = events.recv().await {
-            on_event(&app, id, event);
+            on_event(&app, id, event).await;
         }
     };
     smol::future::or(runner, handle).await;
 }
 
-fn on_event(app: &App, id: PeerId, event: PeerEvent) {
+async fn on_event(app: &App, id: PeerId, event: PeerEvent) {
     let Some(peers) = &app.rtc else { return };
     match event {
         PeerEvent::Open => {
@@ -312,12 +313,13 @@ fn on_event(app: &App, id: PeerId, event: PeerEvent) {
                 "role": "box", "max_requests": MAX_REQUESTS});
             let _ = peers.host.send_text(id, &hello.to_string());
         }
-        PeerEvent::Text(text) => on_text(app, id, &text),
+        PeerEvent::Text(text) => on_text(app, peers, id, &text).await,
         PeerEvent::Binary(_) => {
             let e = json!({"t": "error", "code": "bad_request",
                 "message": "the box takes no chunk pieces"});
             let _ = peers.host.send_text(id, &e.to_string());
         }
+        PeerEvent::Writable => pump(app, peers, id).await,
         PeerEvent::Closed(reason) => {
             if let Some(s) = peers.sessions.borrow_mut().remove(&id) {
                 let msg =
@@ -325,20 +327,89 @@ fn on_event(app: &App, id: PeerId, event: PeerEvent) {
                 app.send_to(s.conn, msg.to_string().into());
             }
         }
-        PeerEvent::Connected | PeerEvent::Writable => {}
+        PeerEvent::Connected => {}
     }
 }
 
-fn on_text(app: &App, id: PeerId, text: &str) {
-    let Some(peers) = &app.rtc else { return };
-    let msg: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-    let reply = match msg.get("t").and_then(Value::as_str) {
-        Some("hello") | Some("announce") | Some("have") | Some("cancel") => return,
-        Some("query") | Some("get_manifest") | Some("request_chunk") => json!({
-            "t": "error", "code": "not_found", "message": "the box holds no such manifest",
-            "manifest": msg.get("manifest"),
-        }),
-        _ => json!({"t": "error", "code": "bad_request", "message": "unknown message"}),
+async fn on_text(app: &App, peers: &BoxPeers, id: PeerId, text: &str) {
+    let msg = match Message::parse(text) {
+        Ok(m) => m,
+        Err(reply) => {
+            let _ = peers.host.send_text(id, &reply.to_text());
+            return;
+        }
     };
-    let _ = peers.host.send_text(id, &reply.to_string());
+    // The manifest the message names comes into memory (from disk if need be), so the
+    // seeder's synchronous lookups find it.
+    app.store.prepare_for(&msg).await;
+    let handled = {
+        let mut sessions = peers.sessions.borrow_mut();
+        let Some(s) = sessions.get_mut(&id) else {
+            return;
+        };
+        s.seeder.handle_message(&msg, &app.store)
+    };
+    match handled {
+        Handled::Consumed => pump(app, peers, id).await,
+        Handled::Flooded => {
+            log::info!("box peer {id} asks without reading the answers: closing it");
+            peers.host.close(id, CloseReason::Closed);
+        }
+        // hello, announce, have, manifest, error: the box downloads nothing.
+        Handled::NotMine => {}
+    }
+}
+
+/// Sends what the peer's seeder has while its channel has room for a whole piece; reads
+/// chunks from the store (off the loop) as the seeder asks.
+async fn pump(app: &App, peers: &BoxPeers, id: PeerId) {
+    let piece = PIECE_HEADER + crate::core::chunks::wire::PIECE_PAYLOAD;
+    loop {
+        let next = {
+            let mut sessions = peers.sessions.borrow_mut();
+            let Some(s) = sessions.get_mut(&id) else {
+                return;
+            };
+            if let Some(held) = s.held.take() {
+                let sent = match &held {
+                    Held::Text(t) => peers.host.send_text(id, t),
+                    Held::Piece(p) => peers.host.send_binary(id, p),
+                };
+                match sent {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        s.held = Some(held);
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
+            if peers.host.buffered(id) + piece > peers.send_buffer {
+                return;
+            }
+            match s.seeder.poll_output() {
+                None => return,
+                Some(Output::Text(m)) => {
+                    let t = m.to_text();
+                    if let Ok(false) = peers.host.send_text(id, &t) {
+                        s.held = Some(Held::Text(t));
+                    }
+                    continue;
+                }
+                Some(Output::Piece(p)) => {
+                    if let Ok(false) = peers.host.send_binary(id, &p) {
+                        s.held = Some(Held::Piece(p));
+                    }
+                    continue;
+                }
+                Some(Output::Read(r)) => r,
+            }
+        };
+        let bytes = app.store.read_chunk(&next.manifest, next.index).await.ok();
+        let mut sessions = peers.sessions.borrow_mut();
+        let Some(s) = sessions.get_mut(&id) else {
+            return;
+        };
+        s.seeder.chunk_read(&next, bytes);
+    }
 }
