@@ -10,6 +10,10 @@
 #    its CPU ms per MiB from /proc, with and without the patch, alternating, in one run;
 #    then the real box (both builds) as a chunk source for a page (SPEC8 §3-4), box CPU
 #    from /proc; it says "Not measured" and why when the box cannot serve chunks yet.
+# 3. Multi-source against single-source (benches/swarm.mjs): the release box and Chromium
+#    pages, the app's Download from the box alone and from the box plus another page, and
+#    plain HTTP as a reference, alternating, in one run (BENCH_SWARM_MIB=64 by default).
+#    `BENCH_RTC_ONLY=multi bash benches/rtc.sh` runs this part alone (no unpatched build).
 # "Without" is built from a temporary copy of this tree minus the [patch.crates-io] stanza,
 # in its own target dir (${CARGO_TARGET_DIR}-unpatched, seeded from this one's release dir).
 set -euo pipefail
@@ -19,6 +23,15 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lanvan-target}"
 export PATH="$HOME/.cargo/bin:$PATH"
 log() { printf '[rtc-bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 bash scripts/need-browser.sh >&2
+
+if [ "${BENCH_RTC_ONLY:-}" = multi ]; then
+    log "building the box (release) into $CARGO_TARGET_DIR"
+    cargo build --release --quiet --bin lanvan >&2
+    echo "command: BENCH_RTC_ONLY=multi bash benches/rtc.sh  (BENCH_SWARM_MIB=${BENCH_SWARM_MIB:-64} BENCH_RTC_REPS=${BENCH_RTC_REPS:-3}), commit $(git rev-parse --short HEAD)"
+    echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(/usr/bin/chromium --version 2>/dev/null | head -1)"
+    LANVAN_BIN="$CARGO_TARGET_DIR/release/lanvan" bash scripts/netns-lan.sh node benches/swarm.mjs
+    exit 0
+fi
 
 log "building the patched peer and benchmark (release) into $CARGO_TARGET_DIR"
 cargo build --release --quiet --bin lanvan --example rtc_peer --example rtc_bench >&2
@@ -59,3 +72,5 @@ done
 RTC_PEER_BEFORE="$WORK/before/rtc_peer" RTC_PEER_AFTER="$WORK/after/rtc_peer" \
     LANVAN_BIN_BEFORE="$WORK/before/lanvan" LANVAN_BIN_AFTER="$WORK/after/lanvan" \
     bash scripts/netns-lan.sh node benches/rtc.mjs
+
+LANVAN_BIN="$WORK/after/lanvan" bash scripts/netns-lan.sh node benches/swarm.mjs
