@@ -238,17 +238,7 @@ async fn over_channel(
             m.chunk_count()
         );
     }
-    let got = fetch::download(
-        b,
-        label,
-        &id_for("get"),
-        &a.peer.name(),
-        a.peer.quiet,
-        m,
-        held,
-        part,
-    )
-    .await?;
+    let got = fetch::download(b, a, &id_for("get"), m, held, part).await?;
     eprintln!(
         "{label}: {} chunks over a data channel from {} source{} (the box)",
         got.chunks,

@@ -5,6 +5,7 @@
 
 use super::link::{self, Failure, Incoming, Result, Session};
 use super::progress::Progress;
+use super::Get;
 use crate::core::chunks::{Bitfield, Event, Manifest, ManifestJson, Message, SourceId, Swarm};
 use crate::core::peer::{CloseReason, Identity, PeerEvent};
 use crate::net::rtc::{Host, HostLimits, PeerId};
@@ -72,10 +73,8 @@ pub struct Fetched {
 /// its verified prefix, so the HTTP path can resume after it.
 pub async fn download(
     b: &link::BoxAddr,
-    label: &str,
+    a: &Get,
     device: &str,
-    name: &str,
-    quiet: bool,
     m: Manifest,
     already: Bitfield,
     part: &Path,
@@ -89,7 +88,7 @@ pub async fn download(
         .open(part)
         .map_err(io)?;
     let mut swarm = Swarm::new(m.clone(), Some(already));
-    let result = run(b, label, device, name, quiet, &mut swarm, &file).await;
+    let result = run(b, a, device, &mut swarm, &file).await;
     if result.is_err() {
         let first_missing = (0..m.chunk_count())
             .find(|&i| !swarm.have().get(i))
@@ -106,13 +105,13 @@ pub async fn download(
 
 async fn run(
     b: &link::BoxAddr,
-    label: &str,
+    a: &Get,
     device: &str,
-    name: &str,
-    quiet: bool,
     swarm: &mut Swarm,
     file: &std::fs::File,
 ) -> Result<Fetched> {
+    let (label, name, quiet) = (a.file.as_str(), a.peer.name(), a.peer.quiet);
+    let name = name.as_str();
     let m = swarm.manifest().clone();
     let io = |e: std::io::Error| Failure::failed(format!("writing the download: {e}"));
     let start = swarm.progress().bytes_done;
