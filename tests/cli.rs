@@ -222,10 +222,24 @@ fn get_downloads_checks_sha256_and_resumes_an_interrupted_download() {
     assert_eq!(file_sha(&target), sha_hex(&big));
     assert!(!part.exists());
 
-    // A damaged partial file is caught by the SHA-256 and downloaded again.
+    // Over the data channel, damaged chunks of a partial file fail their SHA-256 and are
+    // fetched again.
     std::fs::write(&part, vec![0xEEu8; 1 << 20]).unwrap();
     std::fs::remove_file(&target).unwrap();
     let fixed = t.run(&["get", "big.bin", "-o", target.to_str().unwrap()]);
+    assert!(fixed.status.success(), "{}", text(&fixed.stderr));
+    assert!(
+        text(&fixed.stderr).contains("32 chunks over a data channel"),
+        "{}",
+        text(&fixed.stderr)
+    );
+    assert_eq!(file_sha(&target), sha_hex(&big));
+
+    // Over HTTP (`--http`), a damaged partial file is caught by the whole file's SHA-256
+    // and downloaded again.
+    std::fs::write(&part, vec![0xEEu8; 1 << 20]).unwrap();
+    std::fs::remove_file(&target).unwrap();
+    let fixed = t.run(&["get", "big.bin", "--http", "-o", target.to_str().unwrap()]);
     assert!(fixed.status.success(), "{}", text(&fixed.stderr));
     assert!(
         text(&fixed.stderr).contains("does not match"),
@@ -233,6 +247,67 @@ fn get_downloads_checks_sha256_and_resumes_an_interrupted_download() {
         text(&fixed.stderr)
     );
     assert_eq!(file_sha(&target), sha_hex(&big));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bytes the box sent so far over TCP (HTTP and WebSocket).
+fn bytes_out(b: &Lanvan) -> u64 {
+    b.status()["bytes_out"]
+        .as_u64()
+        .expect("bytes_out in /api/status")
+}
+
+#[test]
+fn get_fetches_chunks_from_the_box_over_a_data_channel_and_falls_back_to_http() {
+    let b = Lanvan::start("cli-get-rtc", &[]);
+    let t = Term::new(&b, "Term A");
+    let dir = temp_dir("cli-get-rtc-out", false);
+    let data = pseudo_random(11, 6 * 262_144 + 1234);
+    assert_eq!(b.upload("multi.bin", &data).status, 201);
+    let before = bytes_out(&b);
+    let out = t.run(&["get", "multi.bin", "-o", dir.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("7 chunks over a data channel from 1 source"),
+        "{err}"
+    );
+    assert!(!err.contains("over HTTP"), "{err}");
+    assert_eq!(file_sha(&dir.join("multi.bin")), sha_hex(&data));
+    // The bytes came over UDP: the box's TCP side sent only the manifest and signaling.
+    let through = bytes_out(&b) - before;
+    assert!(
+        through < 256 * 1024,
+        "the box sent {through} bytes over TCP for a data-channel get"
+    );
+    assert!(!dir.join("multi.bin.part").exists());
+
+    // `--http` forces HTTP: the whole file crosses TCP.
+    let before = bytes_out(&b);
+    let forced = dir.join("forced.bin");
+    let out = t.run(&["get", "multi.bin", "--http", "-o", forced.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("data channel"));
+    assert_eq!(file_sha(&forced), sha_hex(&data));
+    assert!(bytes_out(&b) - before >= data.len() as u64);
+
+    // A box with WebRTC off: one line says so, HTTP does the work, the SHA-256 matches.
+    let off = Lanvan::start("cli-get-rtc-off", &["p2p.mode=off"]);
+    assert_eq!(off.upload("multi.bin", &data).status, 201);
+    let t_off = Term::new(&off, "Term B");
+    let target = dir.join("off.bin");
+    let out = t_off.run(&["get", "multi.bin", "-o", target.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("downloading over HTTP"))
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("no WebRTC peer"), "{err}");
+    assert_eq!(file_sha(&target), sha_hex(&data));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

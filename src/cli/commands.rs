@@ -3,6 +3,7 @@
 //! `transfer`. Never prints progress to stdout (stdout carries only results).
 
 use super::direct::{Inbox, LinkEvent, Rtc as _, Step};
+use super::fetch;
 use super::link::{self, Failure, Incoming, Result, Session};
 use super::progress::{self, Progress};
 use super::relay::{self, Continue, Receiving};
@@ -156,6 +157,31 @@ pub fn get(a: Get) -> Result<()> {
             p.push(".part");
             PathBuf::from(p)
         };
+        // The chunk protocol first (unless told otherwise or rate-limited, which only
+        // HTTP does); any failure falls back to HTTP, resuming after the verified prefix.
+        if !a.http && a.limit_rate == 0 {
+            match over_channel(&b, &a, size, &part).await {
+                Ok(got) if got == sha => {
+                    std::fs::rename(&part, &out).map_err(|e| {
+                        Failure::failed(format!("cannot save {}: {e}", out.display()))
+                    })?;
+                    eprintln!(
+                        "saved {} ({}, SHA-256 {sha} ok)",
+                        out.display(),
+                        progress::bytes(size)
+                    );
+                    return Ok(());
+                }
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&part);
+                    eprintln!(
+                        "{}: SHA-256 does not match what the box lists; downloading over HTTP",
+                        a.file
+                    );
+                }
+                Err(e) => eprintln!("{}: {e}; downloading over HTTP", a.file),
+            }
+        }
         for attempt in 0..2 {
             let got = download(&b, &a, size, &part).await?;
             if got == sha {
@@ -181,6 +207,56 @@ pub fn get(a: Get) -> Result<()> {
             a.file
         )))
     })
+}
+
+/// Downloads into `part` over a `lanvan-chunks` data channel to the box; returns the
+/// SHA-256 of the whole part file.
+async fn over_channel(
+    b: &link::BoxAddr,
+    a: &Get,
+    size: u64,
+    part: &std::path::Path,
+) -> Result<String> {
+    let m = fetch::manifest(b, &a.file).await?;
+    if m.size() != size {
+        return Err(Failure::failed(
+            "the manifest's size is not the listed size",
+        ));
+    }
+    let label = a.file.as_str();
+    let held = fetch::chunks_on_disk(&m, part);
+    if held.count() > 0 {
+        let here: u64 = (0..m.chunk_count())
+            .filter(|&i| held.get(i))
+            .map(|i| u64::from(m.chunk_len(i)))
+            .sum();
+        eprintln!(
+            "{label}: resuming at {} of {} ({} of {} chunks already here)",
+            progress::bytes(here),
+            progress::bytes(size),
+            held.count(),
+            m.chunk_count()
+        );
+    }
+    let got = fetch::download(b, a, &id_for("get"), m, held, part).await?;
+    eprintln!(
+        "{label}: {} chunks over a data channel from {} source{} (the box)",
+        got.chunks,
+        got.sources,
+        if got.sources == 1 { "" } else { "s" }
+    );
+    let io = |e: std::io::Error| Failure::failed(format!("{}: {e}", part.display()));
+    let mut file = std::fs::File::open(part).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(link::hex(&hasher.finalize()))
 }
 
 /// Downloads into `part`, resuming after the bytes it already holds; returns the SHA-256

@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod direct;
+pub mod fetch;
 pub mod link;
 pub mod progress;
 pub mod relay;
@@ -80,6 +81,9 @@ pub struct Get {
     /// Most bytes per second to download (e.g. on a busy Wi-Fi); 0 = no limit.
     #[arg(long, default_value_t = 0, value_name = "BYTES")]
     pub limit_rate: u64,
+    /// Download over plain HTTP, without trying the box's data channel.
+    #[arg(long)]
+    pub http: bool,
 }
 
 /// `lanvan send`.
