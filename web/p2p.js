@@ -914,7 +914,7 @@ export class DirectSend {
 }
 
 /** Resolves when the channel's buffer drained below its low mark, or it closed. */
-function drained(dc) {
+export function drained(dc) {
   return new Promise((res) => {
     const done = () => {
       dc.removeEventListener('bufferedamountlow', done);

@@ -6,6 +6,7 @@
 
 import { Sha256, toHex } from './sha256.js';
 import { Meter } from './relay.js';
+import { drained } from './p2p.js';
 import { el, formatBytes, formatDuration, toast } from './ui.js';
 
 /** The label of the chunk channel, on the box's peer connection and between pages. */
@@ -253,19 +254,6 @@ function randomId(prefix) {
   const b = new Uint8Array(8);
   crypto.getRandomValues(b);
   return prefix + toHex(b);
-}
-
-/** Resolves when the channel's buffer drained below its low mark, or it closed. */
-function drained(dc) {
-  return new Promise((res) => {
-    const done = () => {
-      dc.removeEventListener('bufferedamountlow', done);
-      dc.removeEventListener('close', done);
-      res();
-    };
-    dc.addEventListener('bufferedamountlow', done);
-    dc.addEventListener('close', done);
-  });
 }
 
 /** Resolves with the channel once open; rejects when it closes first or after `ms`. */

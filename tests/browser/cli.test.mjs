@@ -5,11 +5,13 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { startBox, launch, openApp, makeFile, sha256, tempDir, waitFor, BIN } from './harness.mjs';
+import {
+  startLan, udpCutter, openApp, makeFile, sha256, tempDir, waitFor, BIN,
+} from './harness.mjs';
 
 const MiB = 1 << 20;
 const ADDR = process.env.LANVAN_LAN_ADDR;
@@ -21,10 +23,10 @@ let origin;
 const files = tempDir('cli-files');
 const state = mkdtempSync(join(tmpdir(), 'lanvan-cli-state-'));
 
+const { cut, uncut } = udpCutter('lanvan_cli_test');
+
 before(async () => {
-  browser = await launch();
-  box = await startBox({ host: ADDR, settings: ['p2p.stun_port=3478'] });
-  origin = `http://${ADDR}:${box.port}`;
+  ({ browser, box, origin } = await startLan(ADDR, 3478));
 });
 after(async () => {
   uncut();
@@ -32,17 +34,6 @@ after(async () => {
   await box?.stop();
   rmSync(state, { recursive: true, force: true });
 });
-
-function nft(args, mayFail = false) {
-  try { execFileSync('nft', args, { stdio: 'pipe' }); } catch (e) { if (!mayFail) throw e; }
-}
-/** Drops UDP leaving this namespace's sockets that `match` (nft words), until `uncut()`. */
-function cut(...match) {
-  nft(['add', 'table', 'inet', 'lanvan_cli_test']);
-  nft(['add', 'chain', 'inet', 'lanvan_cli_test', 'out', '{ type filter hook output priority 0 ; }']);
-  nft(['add', 'rule', 'inet', 'lanvan_cli_test', 'out', 'meta', 'l4proto', 'udp', ...match, 'drop']);
-}
-const uncut = () => nft(['delete', 'table', 'inet', 'lanvan_cli_test'], true);
 
 /** Runs `lanvan ARGS` as the terminal "CLI test"; resolves to {code, stdout, stderr}. */
 function cli(args, { withBox = true, timeout = 120000, onStderr } = {}) {

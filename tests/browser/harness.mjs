@@ -2,7 +2,7 @@
 // its own data folder, launches Debian's Chromium headless through playwright-core, and
 // makes deterministic test files.
 
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -177,4 +177,34 @@ export async function recordStatuses(page, id = 'uploads') {
       }
     }).observe(list, { subtree: true, childList: true, characterData: true });
   }, id);
+}
+
+/**
+ * Chromium and a box listening on `host`, the LAN address of the network namespace made by
+ * scripts/netns-lan.sh (never the machine's real LAN), with the box's STUN on `stunPort`
+ * (0: none). `origin` is the box's URL as the namespace's devices see it.
+ */
+export async function startLan(host, stunPort) {
+  const browser = await launch();
+  const box = await startBox({ host, settings: [`p2p.stun_port=${stunPort}`] });
+  return { browser, box, origin: `http://${host}:${box.port}` };
+}
+
+/**
+ * Cuts UDP inside the test's own network namespace with nft table `table`: `cut(...match)`
+ * drops datagrams leaving its sockets that `match` (nft words; none: all UDP) until
+ * `uncut()`, which is harmless when nothing is cut.
+ */
+export function udpCutter(table) {
+  const nft = (args, mayFail = false) => {
+    try { execFileSync('nft', args, { stdio: 'pipe' }); } catch (e) { if (!mayFail) throw e; }
+  };
+  return {
+    cut(...match) {
+      nft(['add', 'table', 'inet', table]);
+      nft(['add', 'chain', 'inet', table, 'out', '{ type filter hook output priority 0 ; }']);
+      nft(['add', 'rule', 'inet', table, 'out', 'meta', 'l4proto', 'udp', ...match, 'drop']);
+    },
+    uncut: () => nft(['delete', 'table', 'inet', table], true),
+  };
 }

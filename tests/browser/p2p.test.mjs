@@ -5,11 +5,10 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  startBox, launch, openApp, makeFile, sha256, tempDir, recordStatuses, waitFor, ARTIFACTS,
+  startBox, startLan, udpCutter, openApp, makeFile, sha256, tempDir, recordStatuses, waitFor, ARTIFACTS,
 } from './harness.mjs';
 
 const MiB = 1 << 20;
@@ -22,28 +21,16 @@ let origin;
 const files = tempDir('p2p-files');
 mkdirSync(ARTIFACTS, { recursive: true });
 
+const { cut, uncut } = udpCutter('lanvan_p2p_test');
+
 before(async () => {
-  browser = await launch();
-  box = await startBox({ host: ADDR, settings: ['p2p.stun_port=3478'] });
-  origin = `http://${ADDR}:${box.port}`;
+  ({ browser, box, origin } = await startLan(ADDR, 3478));
 });
 after(async () => {
   uncut();
   await browser?.close();
   await box?.stop();
 });
-
-function nft(args, mayFail = false) {
-  try { execFileSync('nft', args, { stdio: 'pipe' }); } catch (e) { if (!mayFail) throw e; }
-}
-
-/** Drops UDP leaving this namespace's sockets that `match` (nft words), until `uncut()`. */
-function cut(...match) {
-  nft(['add', 'table', 'inet', 'lanvan_p2p_test']);
-  nft(['add', 'chain', 'inet', 'lanvan_p2p_test', 'out', '{ type filter hook output priority 0 ; }']);
-  nft(['add', 'rule', 'inet', 'lanvan_p2p_test', 'out', 'meta', 'l4proto', 'udp', ...match, 'drop']);
-}
-const uncut = () => nft(['delete', 'table', 'inet', 'lanvan_p2p_test'], true);
 
 /** TCP bytes the box received so far (HTTP and WebSocket, relay chunks included). */
 async function boxBytesIn() {

@@ -6,10 +6,9 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { startBox, launch, openApp, fillRandom, sha256, waitFor, ARTIFACTS } from './harness.mjs';
+import { startLan, udpCutter, openApp, fillRandom, sha256, waitFor, ARTIFACTS } from './harness.mjs';
 
 const MiB = 1 << 20;
 const ADDR = process.env.LANVAN_LAN_ADDR;
@@ -22,28 +21,20 @@ let box;
 let origin;
 mkdirSync(ARTIFACTS, { recursive: true });
 
+const udp = udpCutter('lanvan_swarm_test');
+/** Drops every UDP datagram leaving this namespace's sockets, until `uncut()`. */
+const cutUdp = () => udp.cut();
+const uncut = () => { if (!skip) udp.uncut(); };
+
 before(async () => {
   if (skip) return;
-  browser = await launch();
-  box = await startBox({ host: ADDR, settings: ['p2p.stun_port=0'] });
-  origin = `http://${ADDR}:${box.port}`;
+  ({ browser, box, origin } = await startLan(ADDR, 0));
 });
 after(async () => {
   uncut();
   await browser?.close();
   await box?.stop();
 });
-
-function nft(args, mayFail = false) {
-  try { execFileSync('nft', args, { stdio: 'pipe' }); } catch (e) { if (!mayFail) throw e; }
-}
-/** Drops every UDP datagram leaving this namespace's sockets, until `uncut()`. */
-function cutUdp() {
-  nft(['add', 'table', 'inet', 'lanvan_swarm_test']);
-  nft(['add', 'chain', 'inet', 'lanvan_swarm_test', 'out', '{ type filter hook output priority 0 ; }']);
-  nft(['add', 'rule', 'inet', 'lanvan_swarm_test', 'out', 'meta', 'l4proto', 'udp', 'drop']);
-}
-const uncut = () => { if (!skip) nft(['delete', 'table', 'inet', 'lanvan_swarm_test'], true); };
 
 /** Stores `size` pseudo-random bytes on the box as `name`, the way the app uploads. */
 async function store(name, size, seed) {
