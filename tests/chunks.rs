@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::relay::{self, Ev};
 use common::{pseudo_random, Lanvan};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -90,17 +91,11 @@ impl Peer {
             if let Some(i) = self.backlog.iter().position(|v| v["type"] == ty) {
                 return self.backlog.remove(i);
             }
-            assert!(Instant::now() < deadline, "no {ty}; got {:?}", self.backlog);
-            match self.ws.read() {
-                Ok(Message::Text(t)) => self.backlog.push(serde_json::from_str(&t).unwrap()),
-                Ok(Message::Close(_)) => panic!("socket closed waiting for {ty}"),
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("waiting for {ty}: {e}"),
+            match relay::read(&mut self.ws, deadline) {
+                Some(Ev::Json(v)) => self.backlog.push(v),
+                Some(Ev::Chunk(..)) => {}
+                Some(Ev::Gone) => panic!("socket closed waiting for {ty}"),
+                None => panic!("no {ty}; got {:?}", self.backlog),
             }
         }
     }

@@ -12,8 +12,8 @@ import { startLan, udpCutter, openApp, fillRandom, sha256, waitFor, ARTIFACTS } 
 
 const MiB = 1 << 20;
 const ADDR = process.env.LANVAN_LAN_ADDR;
-// Outside its namespace (scripts/test-browser.sh runs every file here) there is nothing to
-// test: scripts/test-p2p.sh runs it inside one, and fails there under CI=true if it cannot.
+// Outside its namespace there is nothing to test: scripts/test-p2p.sh runs it inside one,
+// and fails there under CI=true if it cannot.
 const skip = ADDR ? false : 'needs the network namespace of scripts/test-p2p.sh';
 
 let browser;
