@@ -215,6 +215,10 @@ fn a_swarm_over_two_rtc_sources_refetches_a_bad_chunk_from_the_good_one() {
     let mut out = vec![0u8; file.len()];
     let mut dropped = Vec::new();
     let mut verified = 0;
+    // Both channels must be open before the swarm hears of either: otherwise the
+    // good source, opening first, can deliver every chunk before the bad one
+    // gets a request, and nothing is tested.
+    let mut opened = Vec::new();
     let real = Instant::now();
     for _ in 0..200_000 {
         lan.step(Duration::from_millis(20));
@@ -223,7 +227,14 @@ fn a_swarm_over_two_rtc_sources_refetches_a_bad_chunk_from_the_good_one() {
         for p in [d_good, d_bad] {
             for e in lan.events(p) {
                 match e {
-                    PeerEvent::Open => swarm.add_source(src_of(p), now),
+                    PeerEvent::Open => {
+                        opened.push(p);
+                        if opened.len() == 2 {
+                            for &q in &opened {
+                                swarm.add_source(src_of(q), now);
+                            }
+                        }
+                    }
                     PeerEvent::Text(t) => {
                         if let Ok(msg) = Message::parse(&t) {
                             swarm.handle_message(src_of(p), &msg, now);
