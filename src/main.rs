@@ -45,6 +45,8 @@ enum Command {
     Clip(lanvan::cli::Clip),
     /// Download a stored file, checked by SHA-256; an interrupted download resumes.
     Get(lanvan::cli::Get),
+    /// Upload a file to the box, checked by SHA-256; an interrupted upload resumes.
+    Put(lanvan::cli::put::Put),
     /// Send a file to another device (directly when it can, else through the box).
     Send(lanvan::cli::Send),
     /// Wait for files sent to this terminal and save them.
@@ -142,6 +144,7 @@ fn main() -> ExitCode {
         Command::Ls(a) => return exit(commands::ls(a)),
         Command::Clip(a) => return exit(commands::clip(a)),
         Command::Get(a) => return exit(commands::get(a)),
+        Command::Put(a) => return exit(lanvan::cli::put::run(a)),
         Command::Send(a) => return exit(commands::send(a)),
         Command::Receive(a) => return exit(commands::receive(a)),
         Command::Serve(s) => s.load().and_then(|(cfg, board)| {

@@ -434,6 +434,11 @@ impl Session {
     }
 }
 
+/// A TCP connection to the box (5 s to answer), for requests `get` does not cover.
+pub async fn dial(b: &BoxAddr) -> Result<TcpStream> {
+    connect(b).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! The `lanvan` command line as a peer of a box: `ls`, `clip`, `get`, `send`, `receive`.
+//! The `lanvan` command line as a peer of a box: `ls`, `clip`, `get`, `put`, `send`, `receive`.
 //! Each command finds the box (`--box`, `LANVAN_BOX`, else mDNS), runs on a small smol
 //! loop of its own, and exits 0 (done), 1 (failed) or 2 (usage). Never runs a box.
 
@@ -7,6 +7,7 @@ pub mod direct;
 pub mod fetch;
 pub mod link;
 pub mod progress;
+pub mod put;
 pub mod relay;
 pub mod transfer;
 pub mod webrtc;

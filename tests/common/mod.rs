@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod relay;
+pub mod term;
 
 use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
