@@ -168,3 +168,39 @@ test('CLI: with UDP between the CLI and the page blocked, the send falls back to
   }
   await p.context.close();
 });
+
+test('CLI: a page sends to `lanvan receive` over a data channel; SHA-256 matches, the box carries no file bytes', { timeout: 120000 }, async () => {
+  const dir = tempDir('cli-received-direct');
+  let listening;
+  const ready = new Promise((res) => { listening = res; });
+  const rx = cli(['receive', '--once', '--dir', dir], {
+    onStderr: (all) => { if (all.includes('receiving into')) listening(); },
+  });
+  await ready;
+  const p = await p2pPage();
+  const id = readFileSync(join(state, 'lanvan/device-id'), 'utf8').trim();
+  // The terminal opted in to P2P: the page offers to connect to it, and `receive` accepts
+  // without asking anyone.
+  const connectBtn = p.page.locator(`button[data-p2p-connect="${id}"]`);
+  await connectBtn.waitFor({ timeout: 20000 });
+  await connectBtn.click();
+  await p.page.locator('#p2p-status[data-state="connected"]').waitFor({ timeout: 20000 });
+  const f = makeFile(files, 'page direct 6MiB.bin', 6 * MiB + 7, 61);
+  const before = (await box.json('/api/status')).bytes_in;
+  const [chooser] = await Promise.all([
+    p.page.waitForEvent('filechooser'),
+    p.page.click(`button[data-send="${id}"]`),
+  ]);
+  await chooser.setFiles(f.path);
+  const r = await rx.done;
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /receiving page direct 6MiB\.bin \(6\.0 MiB\) directly \(P2P\)/);
+  assert.doesNotMatch(r.stderr, /through the box/);
+  assert.equal(sha256(readFileSync(r.stdout.trim())), f.sha256);
+  await p.page.locator('#transfers li[data-state="done"][data-via="p2p"]').waitFor({ timeout: 10000 });
+  // The bytes went straight from the page to the terminal: the box saw signaling only.
+  const through = (await box.json('/api/status')).bytes_in - before;
+  assert.ok(through < 1 * MiB, `the box received ${through} bytes during a direct send`);
+  await p.context.close();
+  rmSync(dir, { recursive: true, force: true });
+});
