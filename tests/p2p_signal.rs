@@ -5,13 +5,11 @@
 
 mod common;
 
+use common::relay::{self, Ev, Ws};
 use common::Lanvan;
 use serde_json::{json, Value};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
-use tungstenite::{Message, WebSocket};
-
-type Ws = WebSocket<TcpStream>;
 
 /// One client socket and the frames it has read but not yet looked at.
 struct Peer {
@@ -22,9 +20,6 @@ struct Peer {
 impl Peer {
     fn open(addr: SocketAddr, path: &str) -> Peer {
         let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
         let url = format!("ws://{addr}{path}");
         let (ws, _) = tungstenite::client(url.as_str(), stream).expect("websocket upgrade");
         Peer {
@@ -43,26 +38,18 @@ impl Peer {
     }
 
     fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).unwrap();
+        relay::send_json(&mut self.ws, v);
     }
 
     /// Reads frames for up to `wait` into the backlog. False once the socket is closed.
     fn pump(&mut self, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         loop {
-            match self.ws.read() {
-                Ok(Message::Text(t)) => self.backlog.push(serde_json::from_str(&t).unwrap()),
-                Ok(Message::Close(_)) => return false,
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return false,
-            }
-            if Instant::now() >= deadline {
-                return true;
+            match relay::read(&mut self.ws, deadline) {
+                Some(Ev::Json(v)) => self.backlog.push(v),
+                Some(Ev::Chunk(..)) => {}
+                Some(Ev::Gone) => return false,
+                None => return true,
             }
         }
     }
@@ -340,8 +327,10 @@ fn malformed_and_oversized_signals_get_errors_and_the_socket_stays() {
                   "request_id": r}),
     );
     a.error("missing_field");
-    a.ws.send(Message::Text("{\"type\":\"webrtc_signal\",".into()))
-        .unwrap();
+    a.ws.send(tungstenite::Message::Text(
+        "{\"type\":\"webrtc_signal\",".into(),
+    ))
+    .unwrap();
     a.error("bad_json");
     assert!(b.got_any(SIGNALS, Duration::from_millis(300)).is_empty());
     // Still open and still paired.

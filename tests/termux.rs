@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::relay::{self, Ev};
 use common::{bin, spawn_logged, temp_dir, Client};
 use serde_json::{json, Value};
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tungstenite::{Message, WebSocket};
 
 /// A box started as Termux would start it. Killed when dropped.
 struct Phone {
@@ -117,15 +117,7 @@ impl Phone {
     }
 
     fn ws(&self, id: &str) -> Ws {
-        let stream = TcpStream::connect(self.addr).unwrap();
-        let url = format!("ws://{}/ws/{id}", self.addr);
-        let (ws, _) = tungstenite::client(url.as_str(), stream).unwrap();
-        ws.get_ref()
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut ws = Ws(ws);
-        ws.until("welcome");
-        ws
+        Ws(relay::open(self.addr, id))
     }
 }
 
@@ -137,34 +129,25 @@ impl Drop for Phone {
     }
 }
 
-struct Ws(WebSocket<TcpStream>);
+/// A device's socket, read through the shared test reader.
+struct Ws(relay::Ws);
 
 impl Ws {
     fn send(&mut self, v: Value) {
-        self.0.send(Message::text(v.to_string())).unwrap();
+        relay::send_json(&mut self.0, v);
     }
 
     /// The next message of type `ty` (skipping others) within 5 s.
     fn until(&mut self, ty: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            match self.0.read() {
-                Ok(Message::Text(t)) => {
-                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                    if v["type"] == ty {
-                        return v;
-                    }
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("socket ended waiting for `{ty}`: {e}"),
+        loop {
+            match relay::read(&mut self.0, deadline) {
+                Some(Ev::Json(v)) if v["type"] == ty => return v,
+                Some(Ev::Gone) => panic!("socket ended waiting for `{ty}`"),
+                None => panic!("no `{ty}` within 5 s"),
+                Some(_) => {}
             }
         }
-        panic!("no `{ty}` within 5 s")
     }
 }
 
