@@ -561,6 +561,23 @@ pub fn receive(a: Receive) -> Result<()> {
     })
 }
 
+/// How long `receive --once` keeps a direct link up after the file is saved.
+const LINGER: Duration = Duration::from_millis(2500);
+
+/// Keeps the direct link running a little after the last file: its final `ack`s and
+/// `done` may still need SCTP to resend them (the minimum resend timeout is 1 s), and the
+/// sender, which says nothing after `done`, would otherwise wait for them in vain and
+/// move the finished send to the box.
+async fn linger(r: &mut HostRtc) {
+    let until = Instant::now() + LINGER;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match r.next_event(left).await {
+            Some(LinkEvent::Closed(_)) | None => return,
+            Some(_) => {}
+        }
+    }
+}
+
 /// One thing `receive` acts on.
 enum Ev {
     Link(LinkEvent),
@@ -600,6 +617,7 @@ async fn receive_loop(a: &Receive, s: &mut Session, mut rtc: Option<&mut HostRtc
                 .map(Ev::Box)
                 .unwrap_or(Ev::Tick),
         };
+        let from_link = matches!(ev, Ev::Link(_));
         let steps = match ev {
             Ev::Tick => continue,
             Ev::Link(LinkEvent::Open) => {
@@ -789,6 +807,9 @@ async fn receive_loop(a: &Receive, s: &mut Session, mut rtc: Option<&mut HostRtc
                     println!("{}", path.display());
                     let _ = std::io::stdout().flush();
                     if a.once {
+                        if let Some(r) = rtc.as_deref_mut().filter(|_| from_link) {
+                            linger(r).await;
+                        }
                         return Ok(());
                     }
                 }

@@ -197,7 +197,14 @@ test('CLI: a page sends to `lanvan receive` over a data channel; SHA-256 matches
   assert.match(r.stderr, /receiving page direct 6MiB\.bin \(6\.0 MiB\) directly \(P2P\)/);
   assert.doesNotMatch(r.stderr, /through the box/);
   assert.equal(sha256(readFileSync(r.stdout.trim())), f.sha256);
-  await p.page.locator('#transfers li[data-state="done"][data-via="p2p"]').waitFor({ timeout: 10000 });
+  // The page heard the terminal's last acks and `done` (it would otherwise move the
+  // finished send to the box after 3 s without progress).
+  await p.page.locator('#transfers li[data-state="done"][data-via="p2p"]').waitFor({ timeout: 10000 })
+    .catch(async (e) => {
+      const rows = await p.page.evaluate(() => [...document.querySelectorAll('#transfers li')]
+        .map((l) => `${l.dataset.state}/${l.dataset.via}: ${l.textContent}`));
+      throw new Error(`${e.message}; the page's rows: ${JSON.stringify(rows)}`);
+    });
   // The bytes went straight from the page to the terminal: the box saw signaling only.
   const through = (await box.json('/api/status')).bytes_in - before;
   assert.ok(through < 1 * MiB, `the box received ${through} bytes during a direct send`);
