@@ -113,7 +113,7 @@ fn a_killed_put_resumes_and_sends_only_the_missing_chunks() {
     // Slowed to 600 kB/s (about 2 chunks a second), it is killed once 3 chunks are in,
     // with 14 (some 6 s) still to go.
     let (mut child, err) = t.spawn(&["put", file.to_str().unwrap(), "--limit-rate", "600000"]);
-    // Asked only once `put` has created its upload: two requests at once could each create one.
+    // Watched once `put` has made its upload (the test's own request would otherwise make it).
     wait_line(&err, "uploading 4.0 MiB", 20);
     assert!(
         wait_for(30, || status()["received_chunks"].as_u64().unwrap() >= 3),

@@ -599,19 +599,21 @@ impl Store {
         // Resuming needs something that says it is the same file from the same sender:
         // without a device id or a hash, two people's same-sized files could mix.
         let identified = req.device_id.is_some() || req.sha256.is_some();
-        let same = self
-            .uploads
-            .borrow()
-            .values()
-            .find(|u| {
-                identified
-                    && u.header.name == name
-                    && u.header.size == req.size
-                    && u.header.sha256 == req.sha256
-                    && u.header.device_id == req.device_id
-            })
-            .cloned();
-        if let Some(up) = same {
+        let (size, sha256) = (req.size, req.sha256);
+        let same = |name: &str, device_id: &Option<String>| {
+            self.uploads
+                .borrow()
+                .values()
+                .find(|u| {
+                    identified
+                        && u.header.name == name
+                        && u.header.size == size
+                        && u.header.sha256 == sha256
+                        && u.header.device_id == *device_id
+                })
+                .cloned()
+        };
+        if let Some(up) = same(&name, &req.device_id) {
             return Ok(Created::Resumed(up.status()));
         }
         let plan = Plan::new(
@@ -649,6 +651,7 @@ impl Store {
             created: unix_ms(),
         };
         let base = self.uploads_dir.join(&id);
+        let made_at = base.clone();
         let header_json = serde_json::to_vec(&header).map_err(|e| StoreError::Io(e.to_string()))?;
         let (part, journal) = self
             .disk
@@ -673,6 +676,14 @@ impl Store {
                 made
             })
             .await?;
+        // The same request may have come twice at once (a client that retried, a CLI and
+        // its user's script): the one that got here first made the upload, so this one
+        // resumes it, and its own files go.
+        if let Some(up) = same(&header.name, &header.device_id) {
+            drop((part, journal));
+            self.disk.run(move || remove_upload_files(&made_at)).await;
+            return Ok(Created::Resumed(up.status()));
+        }
         let up = Upload {
             received: RefCell::new(ChunkSet::new(plan.chunks)),
             hash: Arc::new(Mutex::new(FileHash::new(plan.chunks))),
@@ -1210,6 +1221,36 @@ impl crate::core::chunks::Library for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two identical `POST /api/uploads` at once (the second arrives while the first waits
+    /// for the disk) make one upload, not two that each get half the chunks.
+    #[test]
+    fn the_same_upload_asked_twice_at_once_is_one_upload() {
+        let root = std::env::temp_dir().join(format!("lanvan-store-twice-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let store = Store::open(&root, StoreConfig::default(), Disk::start(4)).unwrap();
+        let ask = || NewUpload {
+            name: "a.bin".into(),
+            size: 5 << 20,
+            sha256: Some(Digest::of(b"not checked until finish")),
+            device_id: Some("cli-1".into()),
+            device_name: None,
+        };
+        let id = |c: Created| match c {
+            Created::New(s) | Created::Resumed(s) => s.id,
+            Created::AlreadyStored(_) => panic!("nothing is stored"),
+        };
+        smol::block_on(async {
+            let (a, b) = futures_util::future::join(store.create(ask()), store.create(ask())).await;
+            assert_eq!(id(a.unwrap()), id(b.unwrap()));
+            assert_eq!(store.uploads.borrow().len(), 1);
+        });
+        let left = fs::read_dir(root.join(".lanvan/uploads"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(left, 3, "one upload's part, journal and header stay");
+        let _ = fs::remove_dir_all(&root);
+    }
 
     /// The Rust API the box's chunk server uses: manifest by name, by manifest hash, chunk
     /// reads, and all of it gone with the file.
