@@ -125,6 +125,12 @@ fn a_killed_put_resumes_and_sends_only_the_missing_chunks() {
         listed(&b, "video.mkv").is_none(),
         "a partial upload is not listed"
     );
+    // The box has read what the killed `put` had sent once it closed that connection
+    // (only the status request's own connection is left).
+    assert!(
+        wait_for(10, || b.status()["connections"] == 1),
+        "the box closed the killed put's connection"
+    );
 
     let before = bytes_in(&b);
     let out = t.run(&["put", file.to_str().unwrap()]);
