@@ -244,3 +244,52 @@ fn a_missing_file_a_full_box_and_no_box_get_clear_errors() {
     );
     let _ = std::fs::remove_dir_all(&src);
 }
+
+#[test]
+fn a_put_cut_off_by_a_box_crash_fails_clearly_and_resumes_after_the_restart() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let b = Lanvan::start("put-crash", &["store.chunk_size=262144"]);
+    let id = "cli-put-crash-test";
+    let t = term_with_id(&b, "Term A", id);
+    let src = temp_dir("put-crash-src", false);
+    let data = pseudo_random(23, 12 * 262_144 + 99);
+    let file = src.join("backup.tar");
+    std::fs::write(&file, &data).unwrap();
+    let ask = json!({"name": "backup.tar", "size": data.len(), "sha256": sha_hex(&data),
+        "device_id": id});
+    let (mut child, err) = t.spawn(&["put", file.to_str().unwrap(), "--limit-rate", "600000"]);
+    wait_line(&err, "uploading 3.0 MiB", 20);
+    assert!(
+        wait_for(30, || b.json("POST", "/api/uploads", &ask).json()
+            ["received_chunks"]
+            .as_u64()
+            .unwrap()
+            >= 3),
+        "the upload started"
+    );
+    // The box dies (SIGKILL) mid-upload: the put says so and how to go on, exit 1.
+    kill(Pid::from_raw(b.pid()), Signal::SIGKILL).unwrap();
+    assert_eq!(wait_exit(&mut child, 90).code(), Some(1));
+    let lines: Vec<String> = err.try_iter().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("run it again to resume")),
+        "{lines:?}"
+    );
+    let b = b.kill_and_restart();
+
+    // The restarted box kept the chunks it had confirmed; the same terminal resumes.
+    let t = term_with_id(&b, "Term A", id);
+    let out = t.run(&["put", file.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("resuming: ") && err.contains(" of 13 chunks"),
+        "{err}"
+    );
+    assert_eq!(
+        download_sha(b.addr, "/api/files/backup.tar"),
+        (200, data.len() as u64, sha_hex(&data))
+    );
+    let _ = std::fs::remove_dir_all(&src);
+}
