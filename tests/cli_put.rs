@@ -293,3 +293,56 @@ fn a_put_cut_off_by_a_box_crash_fails_clearly_and_resumes_after_the_restart() {
     );
     let _ = std::fs::remove_dir_all(&src);
 }
+
+#[test]
+fn a_file_changed_while_it_is_sent_is_refused_not_stored() {
+    let b = Lanvan::start("put-changed", &["store.chunk_size=262144"]);
+    let id = "cli-put-changed-test";
+    let t = term_with_id(&b, "Term A", id);
+    let src = temp_dir("put-changed-src", false);
+    let data = pseudo_random(24, 8 * 262_144);
+    let file = src.join("draft.odt");
+    std::fs::write(&file, &data).unwrap();
+    let ask = json!({"name": "draft.odt", "size": data.len(), "sha256": sha_hex(&data),
+        "device_id": id});
+    let (mut child, err) = t.spawn(&["put", file.to_str().unwrap(), "--limit-rate", "600000"]);
+    wait_line(&err, "uploading 2.0 MiB", 20);
+    assert!(
+        wait_for(30, || b.json("POST", "/api/uploads", &ask).json()
+            ["received_chunks"]
+            .as_u64()
+            .unwrap()
+            >= 2),
+        "the upload started"
+    );
+    // Someone saves the file again: its last chunk, not sent yet, changes on disk.
+    let mut changed = data.clone();
+    let end = changed.len();
+    changed[end - 4096..].fill(0xAB);
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(&changed[end - 4096..], (end - 4096) as u64)
+            .unwrap();
+    }
+    assert_eq!(wait_exit(&mut child, 60).code(), Some(1));
+    let lines: Vec<String> = err.try_iter().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("changed while it was being sent")),
+        "{lines:?}"
+    );
+    assert!(
+        listed(&b, "draft.odt").is_none(),
+        "nothing half-right is stored"
+    );
+    // Run again, it sends the file as it is now.
+    let out = t.run(&["put", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        listed(&b, "draft.odt").unwrap()["sha256"],
+        sha_hex(&changed)
+    );
+    let _ = std::fs::remove_dir_all(&src);
+}
