@@ -445,9 +445,15 @@ impl Conn {
     /// The connection, opened if needed, with `head` written.
     async fn stream(&mut self, head: &str) -> std::io::Result<&mut TcpStream> {
         if self.stream.is_none() {
-            let s = link::dial(&self.b)
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let s = link::dial(&self.b).await.map_err(|e| {
+                // `broke` names the box already; keep only why.
+                let why = e.to_string();
+                let prefix = format!("cannot reach the box at {}: ", self.b.url());
+                std::io::Error::other(format!(
+                    "cannot connect: {}",
+                    why.strip_prefix(&prefix).unwrap_or(&why)
+                ))
+            })?;
             self.stream = Some(s);
         }
         let s = self.stream.as_mut().expect("just opened");
