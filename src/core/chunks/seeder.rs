@@ -457,7 +457,10 @@ mod tests {
         // The second read comes back first: it waits for the first, in request order.
         s.chunk_read(&r0, Some(bytes(0)));
         assert!(s.poll_send().is_none());
-        assert!(s.poll_read().is_none(), "a chunk back and waiting still holds its place");
+        assert!(
+            s.poll_read().is_none(),
+            "a chunk back and waiting still holds its place"
+        );
         s.chunk_read(&r2, Some(bytes(2)));
         let Some(Output::Piece(p)) = s.poll_send() else {
             panic!()
