@@ -647,6 +647,20 @@ mod tests {
     }
 
     #[test]
+    fn box_read_ahead_settings_are_checked() {
+        let c = Config::load(Vec::new(), None, &[]).unwrap();
+        assert_eq!(
+            (c.p2p.box_peer_read_ahead, c.p2p.box_reads_in_flight),
+            (4, 16)
+        );
+        for key in ["p2p.box_peer_read_ahead", "p2p.box_reads_in_flight"] {
+            let flags = vec![(key.to_string(), "0".to_string())];
+            let e = Config::load(Vec::new(), None, &flags).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+
+    #[test]
     fn relay_settings_are_checked() {
         let c = Config::load(Vec::new(), None, &[]).unwrap();
         assert_eq!(c.relay.slots(), 32);
