@@ -17,7 +17,9 @@ const SIZE = Number(process.env.BENCH_RTC_MIB || 100) * MiB;
 const REPS = Number(process.env.BENCH_RTC_REPS || 3);
 const VARIANTS = { before: process.env.RTC_PEER_BEFORE, after: process.env.RTC_PEER_AFTER };
 const BOXES = { before: process.env.LANVAN_BIN_BEFORE, after: process.env.LANVAN_BIN_AFTER };
-for (const [k, v] of Object.entries(VARIANTS)) if (!v) throw new Error(`RTC_PEER_${k.toUpperCase()} is not set`);
+// BENCH_RTC_VARIANTS=after measures only the patched build (quick rounds while tuning).
+const USE = (process.env.BENCH_RTC_VARIANTS || 'before,after').split(',');
+for (const k of USE) if (!VARIANTS[k]) throw new Error(`RTC_PEER_${k.toUpperCase()} is not set`);
 
 const browser = await launch();
 const context = await browser.newContext();
@@ -70,10 +72,35 @@ const udpDrops = () => {
   return Number(values[names.indexOf('RcvbufErrors')]);
 };
 
+/**
+ * Every UDP socket in this namespace (`ss -uanmp`): who owns it, its receive buffer (rb)
+ * and the datagrams the kernel dropped on it for a full buffer (d), keyed by local address.
+ */
+const sockets = () => {
+  const out = execFileSync('ss', ['-uanmpH'], { encoding: 'utf8' });
+  const res = {};
+  for (const m of out.matchAll(/\S+\s+\d+\s+\d+\s+(\S+)\s+\S+\s*(users:\(\("([^"]+)"[^\n]*)?\s+skmem:\(([^)]*)\)/g)) {
+    const sk = Object.fromEntries(m[4].split(',').map((f) => [f.replace(/\d+$/, ''), Number(f.match(/\d+$/)[0])]));
+    res[m[1]] = { proc: m[3] || '?', rb: sk.rb, drops: sk.d };
+  }
+  return res;
+};
+
+/** Drops on the str0m side's socket and on everybody else's (Chromium's), since `before`. */
+const splitDrops = (before, after, mine) => {
+  let peer = 0; let other = 0; let rbPeer = 0; let rbOther = 0;
+  for (const [addr, s] of Object.entries(after)) {
+    const d = s.drops - (before[addr]?.drops || 0);
+    if (s.proc === mine) { peer += d; rbPeer = Math.max(rbPeer, s.rb); } else if (s.proc !== 'node') { other += d; rbOther = Math.max(rbOther, s.rb); }
+  }
+  return { peer, other, rbPeer, rbOther };
+};
+
 /** str0m sends SIZE bytes to the page: page-measured seconds, peer CPU. */
 async function toBrowser(bin) {
   const { proc, next } = await connect(bin, '--send');
   const drops0 = udpDrops();
+  const socks0 = sockets();
   const ms = await page.evaluate((size) => new Promise((res) => {
     const { dc } = window.bench;
     let got = 0;
@@ -82,14 +109,16 @@ async function toBrowser(bin) {
     dc.send('go');
   }), SIZE);
   const done = await next();
+  const split = splitDrops(socks0, sockets(), 'rtc_peer');
   proc.kill();
-  return { mbs: SIZE / 1e6 / (ms / 1000), cpu: done.cpu_ms / (SIZE / MiB), drops: udpDrops() - drops0 };
+  return { mbs: SIZE / 1e6 / (ms / 1000), cpu: done.cpu_ms / (SIZE / MiB), drops: udpDrops() - drops0, ...split };
 }
 
 /** The page sends SIZE bytes to str0m (64 KiB pieces, 4 MiB buffered at most). */
 async function fromBrowser(bin) {
   const { proc, next } = await connect(bin, '--receive');
   const drops0 = udpDrops();
+  const socks0 = sockets();
   const ms = await page.evaluate((size) => new Promise((res) => {
     const { dc } = window.bench;
     const piece = new Uint8Array(65536 + 48);
@@ -108,41 +137,54 @@ async function fromBrowser(bin) {
     pump();
   }), SIZE);
   const done = await next();
+  const split = splitDrops(socks0, sockets(), 'rtc_peer');
   proc.kill();
   if (done.bytes !== SIZE) throw new Error(`str0m received ${done.bytes} of ${SIZE}`);
-  return { mbs: SIZE / 1e6 / (ms / 1000), cpu: done.cpu_ms / (SIZE / MiB), drops: udpDrops() - drops0 };
+  return { mbs: SIZE / 1e6 / (ms / 1000), cpu: done.cpu_ms / (SIZE / MiB), drops: udpDrops() - drops0, ...split };
 }
 
+// BENCH_RTC_LABELS="before=...,after=..." names the two builds when they differ by more
+// than the sctp-proto patch (benches/rtc.sh always compares exactly that).
+const LABELS = { before: '0.10.8 as published', after: '0.10.8 + patches',
+  ...Object.fromEntries((process.env.BENCH_RTC_LABELS || '').split(',').filter(Boolean).map((kv) => kv.split('='))) };
 const runs = { before: { send: [], recv: [] }, after: { send: [], recv: [] } };
-for (let i = 0; i < REPS; i++) {
+const PEER = process.env.BENCH_RTC_PEER !== '0';
+for (let i = 0; i < REPS && PEER; i++) {
   // Alternate who goes first, so neither variant always gets the warmer machine.
-  const order = i % 2 ? ['after', 'before'] : ['before', 'after'];
+  const order = (i % 2 ? ['after', 'before'] : ['before', 'after']).filter((v) => USE.includes(v));
   for (const v of order) {
     runs[v].send.push(await toBrowser(VARIANTS[v]));
     runs[v].recv.push(await fromBrowser(VARIANTS[v]));
-    console.error(`[rtc-bench] round ${i + 1} ${v}: send ${runs[v].send.at(-1).mbs.toFixed(1)} MB/s ${runs[v].send.at(-1).cpu.toFixed(1)} ms/MiB ${runs[v].send.at(-1).drops} UDP drops, receive ${runs[v].recv.at(-1).mbs.toFixed(1)} MB/s ${runs[v].recv.at(-1).cpu.toFixed(1)} ms/MiB ${runs[v].recv.at(-1).drops} UDP drops`);
+    const [s, r] = [runs[v].send.at(-1), runs[v].recv.at(-1)];
+    console.error(`[rtc-bench] round ${i + 1} ${v}: send ${s.mbs.toFixed(1)} MB/s ${s.cpu.toFixed(1)} ms/MiB, drops at Chromium ${s.other} (rb ${s.rbOther}) at str0m ${s.peer} (rb ${s.rbPeer}); receive ${r.mbs.toFixed(1)} MB/s ${r.cpu.toFixed(1)} ms/MiB, drops at str0m ${r.peer} (rb ${r.rbPeer}) at Chromium ${r.other} (rb ${r.rbOther}); load ${readFileSync('/proc/loadavg', 'utf8').split(' ')[0]}`);
   }
 }
 
 const med = (xs) => { const v = [...xs].sort((a, b) => a - b); return v[Math.floor(v.length / 2)]; };
 const m = (v, dir, k) => med(runs[v][dir].map((r) => r[k]));
 const all = (v, dir, k) => runs[v][dir].map((r) => r[k].toFixed(1)).join(', ');
+if (PEER) {
 console.log(`\nstr0m peer (lanvan::core::peer, 1 MiB send buffer) <-> Chromium, ${SIZE / MiB} MiB per transfer, 64 KiB pieces, ${REPS} rounds (median; every round in brackets)\n`);
-console.log('| direction | sctp-proto | MB/s | str0m CPU ms/MiB | UDP receive-buffer drops |');
-console.log('|---|---|---|---|---|');
+console.log('| direction | sctp-proto | MB/s | str0m CPU ms/MiB | datagrams dropped at the receiver (full buffer) | receiver SO_RCVBUF (kernel rb) |');
+console.log('|---|---|---|---|---|---|');
 for (const [dir, name] of [['send', 'str0m -> Chromium'], ['recv', 'Chromium -> str0m']]) {
-  for (const v of ['before', 'after']) {
-    const label = v === 'before' ? '0.10.8 as published' : '0.10.8 + patches';
-    console.log(`| ${name} | ${label} | ${m(v, dir, 'mbs').toFixed(1)} (${all(v, dir, 'mbs')}) | ${m(v, dir, 'cpu').toFixed(1)} (${all(v, dir, 'cpu')}) | ${runs[v][dir].map((r) => r.drops).join(', ')} |`);
+  for (const v of USE) {
+    const label = LABELS[v];
+    const rx = (r) => (dir === 'send' ? [r.other, r.rbOther] : [r.peer, r.rbPeer]);
+    console.log(`| ${name} | ${label} | ${m(v, dir, 'mbs').toFixed(1)} (${all(v, dir, 'mbs')}) | ${m(v, dir, 'cpu').toFixed(1)} (${all(v, dir, 'cpu')}) | ${runs[v][dir].map((r) => rx(r)[0]).join(', ')} | ${rx(runs[v][dir][0])[1]} |`);
   }
 }
 console.log('');
-console.log('| ratio | before | after |');
-console.log('|---|---|---|');
-console.log(`| send MB/s / receive MB/s | ${(m('before', 'send', 'mbs') / m('before', 'recv', 'mbs')).toFixed(2)} | ${(m('after', 'send', 'mbs') / m('after', 'recv', 'mbs')).toFixed(2)} |`);
-console.log(`| send CPU / receive CPU (per MiB) | ${(m('before', 'send', 'cpu') / m('before', 'recv', 'cpu')).toFixed(2)} | ${(m('after', 'send', 'cpu') / m('after', 'recv', 'cpu')).toFixed(2)} |`);
-console.log(`| after / before, send MB/s | | ${(m('after', 'send', 'mbs') / m('before', 'send', 'mbs')).toFixed(2)} |`);
-console.log(`| after / before, send CPU per MiB | | ${(m('after', 'send', 'cpu') / m('before', 'send', 'cpu')).toFixed(2)} |`);
+const ratio = (f) => USE.map((v) => f(v).toFixed(2));
+console.log(`| ratio | ${USE.join(' | ')} |`);
+console.log(`|---|${USE.map(() => '---|').join('')}`);
+console.log(`| send MB/s / receive MB/s (medians) | ${ratio((v) => m(v, 'send', 'mbs') / m(v, 'recv', 'mbs')).join(' | ')} |`);
+console.log(`| send CPU / receive CPU (per MiB) | ${ratio((v) => m(v, 'send', 'cpu') / m(v, 'recv', 'cpu')).join(' | ')} |`);
+if (USE.includes('before') && USE.includes('after')) {
+  console.log(`| after / before, send MB/s | | ${(m('after', 'send', 'mbs') / m('before', 'send', 'mbs')).toFixed(2)} |`);
+  console.log(`| after / before, send CPU per MiB | | ${(m('after', 'send', 'cpu') / m('before', 'send', 'cpu')).toFixed(2)} |`);
+}
+}
 
 // ---- The real box as a source (SPEC8 §3, §4): a page fetches a stored file's chunks from the
 // box over `lanvan-chunks`; MB/s and the box process's CPU ms per MiB from /proc/PID/stat.
@@ -244,11 +286,12 @@ async function fetchFromBox(port, name) {
 
 const boxRuns = { before: [], after: [] };
 let boxMissing = null;
-if (!BOXES.before || !BOXES.after) boxMissing = 'LANVAN_BIN_BEFORE / LANVAN_BIN_AFTER not set';
+if (USE.some((v) => !BOXES[v])) boxMissing = `LANVAN_BIN_${USE.join('/').toUpperCase()} not set`;
+if (process.env.BENCH_RTC_BOX === '0') boxMissing = 'BENCH_RTC_BOX=0';
 const dir = tempDir('rtc-bench');
 const file = makeFile(dir, 'rtc-bench.bin', SIZE, 4321);
 for (let i = 0; i < REPS && !boxMissing; i++) {
-  const order = i % 2 ? ['after', 'before'] : ['before', 'after'];
+  const order = (i % 2 ? ['after', 'before'] : ['before', 'after']).filter((v) => USE.includes(v));
   for (const v of order) {
     const box = await startBox(BOXES[v]);
     try {
@@ -272,12 +315,12 @@ console.log(`\nThe box as a source: a Chromium page fetches a ${SIZE / MiB} MiB 
 if (boxMissing) {
   console.log(`Not measured: ${boxMissing}`);
 } else {
-  console.log('| sctp-proto | box -> Chromium MB/s | box CPU ms/MiB |');
+  console.log('| box build | box -> Chromium MB/s | box CPU ms/MiB |');
   console.log('|---|---|---|');
-  for (const v of ['before', 'after']) {
+  for (const v of USE) {
     const mm = (k) => med(boxRuns[v].map((r) => r[k]));
     const aa = (k) => boxRuns[v].map((r) => r[k].toFixed(1)).join(', ');
-    console.log(`| ${v === 'before' ? '0.10.8 as published' : '0.10.8 + patches'} | ${mm('mbs').toFixed(1)} (${aa('mbs')}) | ${mm('cpu').toFixed(1)} (${aa('cpu')}) |`);
+    console.log(`| ${LABELS[v]} | ${mm('mbs').toFixed(1)} (${aa('mbs')}) | ${mm('cpu').toFixed(1)} (${aa('cpu')}) |`);
   }
 }
 await browser.close();

@@ -14,6 +14,9 @@
 #    pages, the app's Download from the box alone and from the box plus another page, and
 #    plain HTTP as a reference, alternating, in one run (BENCH_SWARM_MIB=64 by default).
 #    `BENCH_RTC_ONLY=multi bash benches/rtc.sh` runs this part alone (no unpatched build).
+# benches/rtc.mjs alone, for quick rounds or other builds (see docs/benchmarks.md):
+# BENCH_RTC_VARIANTS=after (one build), BENCH_RTC_BOX=0 / BENCH_RTC_PEER=0 (skip a part),
+# BENCH_RTC_LABELS="before=...,after=..." (name builds that differ by more than the patch).
 # "Without" is built from a temporary copy of this tree minus the [patch.crates-io] stanza,
 # in its own target dir (${CARGO_TARGET_DIR}-unpatched, seeded from this one's release dir).
 set -euo pipefail

@@ -58,6 +58,13 @@ fn main() {
     let size: u64 = args[4].parse().unwrap_or_else(|_| usage());
 
     let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind udp");
+    // The same socket buffers as the box's `Host` (src/net/rtc.rs), so this peer receives
+    // and sends as the box does; the kernel caps them at net.core.[rw]mem_max.
+    {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let _ = setsockopt(&sock, sockopt::RcvBuf, &lanvan::net::rtc::SOCKET_BUFFER);
+        let _ = setsockopt(&sock, sockopt::SndBuf, &lanvan::net::rtc::SOCKET_BUFFER);
+    }
     let local = sock.local_addr().unwrap();
     let identity = Identity::new().expect("DTLS identity");
     let mut line = String::new();

@@ -218,6 +218,12 @@ pub struct P2pConfig {
     pub box_peer_send_buffer: u64,
     /// Datagrams read from a box peer socket per wake-up before other work gets a turn.
     pub rtc_batch: usize,
+    /// Chunk reads one box peer may have asked of the disk before their chunks are sent
+    /// (read-ahead, so the box reads the next chunks while it sends one).
+    pub box_peer_read_ahead: usize,
+    /// Chunk reads all box peers together may have so asked; with the chunks being sent,
+    /// this bounds the chunk bytes box peers hold in memory.
+    pub box_reads_in_flight: usize,
 }
 
 impl Default for P2pConfig {
@@ -240,6 +246,8 @@ impl Default for P2pConfig {
             box_peer_timeout_secs: 5,
             box_peer_send_buffer: 1024 * 1024,
             rtc_batch: 64,
+            box_peer_read_ahead: 4,
+            box_reads_in_flight: 16,
         }
     }
 }
@@ -480,6 +488,11 @@ impl Config {
                 "p2p.box_peer_timeout_secs and p2p.rtc_batch must be at least 1, and p2p.box_peer_send_buffer at least 128 KiB (two chunk pieces)".into(),
             ));
         }
+        if p.box_peer_read_ahead == 0 || p.box_reads_in_flight == 0 {
+            return Err(ConfigError(
+                "p2p.box_peer_read_ahead and p2p.box_reads_in_flight must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -631,6 +644,20 @@ mod tests {
         assert!(err.0.contains("not a size"), "{err}");
         let bad = vec![("store.chunk_size".to_string(), "100".to_string())];
         assert!(Config::load(Vec::new(), None, &bad).is_err());
+    }
+
+    #[test]
+    fn box_read_ahead_settings_are_checked() {
+        let c = Config::load(Vec::new(), None, &[]).unwrap();
+        assert_eq!(
+            (c.p2p.box_peer_read_ahead, c.p2p.box_reads_in_flight),
+            (4, 16)
+        );
+        for key in ["p2p.box_peer_read_ahead", "p2p.box_reads_in_flight"] {
+            let flags = vec![(key.to_string(), "0".to_string())];
+            let e = Config::load(Vec::new(), None, &flags).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -73,8 +73,8 @@ pub type PeerId = u64;
 /// Where a host's events arrive, in order per peer.
 pub type Events = Receiver<(PeerId, PeerEvent)>;
 
-/// Kernel buffer asked for on each UDP socket, each way.
-const SOCKET_BUFFER: usize = 2 * 1024 * 1024;
+/// Kernel buffer asked for on each UDP socket, each way (benches/rtc_peer.rs uses it too).
+pub const SOCKET_BUFFER: usize = 2 * 1024 * 1024;
 
 /// Largest datagram read; WebRTC keeps datagrams under the path MTU (about 1200-1500).
 const MAX_DATAGRAM: usize = 2048;

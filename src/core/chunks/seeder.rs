@@ -1,6 +1,7 @@
 //! The serving side of one `lanvan-chunks` channel: answers `query`, `get_manifest`,
 //! `request_chunk` and `cancel`, and hands out pieces only when the caller asks (the
-//! channel has room). Never reads a file itself and never holds more than one chunk.
+//! channel has room). Never reads a file itself, and never holds more than its read-ahead
+//! (chunks being read or read and waiting their turn) plus the one chunk being sent.
 
 use super::manifest::Manifest;
 use super::wire::{ErrorCode, Holding, Message, PieceHeader, PIECE_PAYLOAD};
@@ -33,7 +34,8 @@ pub enum Output {
     Text(Message),
     /// Send this binary frame (a chunk piece).
     Piece(Vec<u8>),
-    /// Read this chunk, then call `chunk_read`; no other read is asked for until then.
+    /// Read this chunk, then call `chunk_read`; at most `read_ahead` reads are asked for
+    /// before their bytes come back.
     Read(ChunkRead),
 }
 
@@ -57,15 +59,21 @@ struct Sending {
 struct Reading {
     manifest: Digest,
     index: u32,
+    hash: Digest,
     cancelled: bool,
+    /// The read's result once it is back: bytes that matched the chunk's hash, or None.
+    done: Option<Option<Vec<u8>>>,
 }
 
 /// One channel's serving state.
 pub struct Seeder {
     max_requests: usize,
     piece_size: usize,
+    /// Reads asked for at once, at most (`with_read_ahead`).
+    read_ahead: usize,
     queue: VecDeque<ChunkRead>,
-    reading: Option<Reading>,
+    /// Reads asked for, in request order; chunks are sent in this order once back.
+    reading: VecDeque<Reading>,
     sending: Option<Sending>,
     texts: VecDeque<Message>,
 }
@@ -77,8 +85,9 @@ impl Seeder {
         Seeder {
             max_requests: max_requests.max(1),
             piece_size: PIECE_PAYLOAD,
+            read_ahead: 1,
             queue: VecDeque::new(),
-            reading: None,
+            reading: VecDeque::new(),
             sending: None,
             texts: VecDeque::new(),
         }
@@ -90,14 +99,26 @@ impl Seeder {
         self
     }
 
+    /// Lets up to `n` chunk reads be asked for before their bytes come back (1 by default),
+    /// so a source can read the next chunks while it sends one. Each read holds up to one
+    /// chunk in memory until its turn to be sent.
+    pub fn with_read_ahead(mut self, n: usize) -> Self {
+        self.read_ahead = n.max(1);
+        self
+    }
+
     /// Requests queued, being read or being sent.
     pub fn outstanding(&self) -> usize {
         self.queue.len()
-            + self
-                .reading
-                .as_ref()
-                .map_or(0, |r| usize::from(!r.cancelled))
+            + self.reading.iter().filter(|r| !r.cancelled).count()
             + usize::from(self.sending.is_some())
+    }
+
+    /// Reads asked for whose chunk is not being sent yet (in flight, or back and waiting
+    /// its turn, or cancelled and not back): the chunks this seeder holds or will hold
+    /// besides the one it sends.
+    pub fn reads_held(&self) -> usize {
+        self.reading.len()
     }
 
     /// Takes one received text message.
@@ -183,8 +204,8 @@ impl Seeder {
             .any(|r| r.manifest.id() == id && r.index == index)
             || self
                 .reading
-                .as_ref()
-                .is_some_and(|r| !r.cancelled && r.manifest == id && r.index == index)
+                .iter()
+                .any(|r| !r.cancelled && r.manifest == id && r.index == index)
             || self
                 .sending
                 .as_ref()
@@ -194,11 +215,14 @@ impl Seeder {
     fn cancel(&mut self, id: Digest, index: u32) {
         self.queue
             .retain(|r| !(r.manifest.id() == id && r.index == index));
-        if let Some(r) = &mut self.reading {
+        for r in &mut self.reading {
             if r.manifest == id && r.index == index {
                 r.cancelled = true;
+                // Bytes already back are of no use any more.
+                r.done = r.done.as_ref().map(|_| None);
             }
         }
+        self.drop_settled_cancels();
         if self
             .sending
             .as_ref()
@@ -212,47 +236,104 @@ impl Seeder {
     /// checked against the manifest, so a file changed on disk is refused, never sent.
     pub fn chunk_read(&mut self, read: &ChunkRead, bytes: Option<Vec<u8>>) {
         let id = read.manifest.id();
-        let Some(r) = &self.reading else { return };
-        if r.manifest != id || r.index != read.index {
+        let Some(r) = self
+            .reading
+            .iter_mut()
+            .find(|r| r.done.is_none() && r.manifest == id && r.index == read.index)
+        else {
+            return;
+        };
+        let (hash, cancelled) = (r.hash, r.cancelled);
+        let good = bytes.filter(|data| {
+            !cancelled
+                && data.len() as u32 == read.manifest.chunk_len(read.index)
+                && Digest::of(data) == hash
+        });
+        let failed = good.is_none() && !cancelled;
+        r.done = Some(good);
+        if failed {
+            self.texts.push_back(not_found(id, Some(read.index)));
+        }
+        self.drop_settled_cancels();
+    }
+
+    /// Forgets reads that are over and will send nothing (cancelled or failed), wherever
+    /// they stand in the order.
+    fn drop_settled_cancels(&mut self) {
+        self.reading.retain(|r| !matches!(r.done, Some(None)));
+    }
+
+    /// Moves the oldest read, once back, to `sending`.
+    fn next_to_send(&mut self) {
+        if self.sending.is_some() {
             return;
         }
-        let cancelled = r.cancelled;
-        self.reading = None;
-        if cancelled {
+        let Some(Reading {
+            done: Some(Some(_)),
+            ..
+        }) = self.reading.front()
+        else {
             return;
-        }
-        let hash = read
-            .manifest
-            .chunk_hash(read.index)
-            .unwrap_or(Digest([0; 32]));
-        match bytes {
-            Some(data)
-                if data.len() as u32 == read.manifest.chunk_len(read.index)
-                    && Digest::of(&data) == hash =>
-            {
-                let header = PieceHeader {
-                    index: read.index,
-                    offset: 0,
-                    chunk_len: data.len() as u32,
-                    hash,
-                };
-                self.sending = Some(Sending {
-                    manifest: id,
-                    header,
-                    data,
-                    sent: 0,
-                });
-            }
-            _ => self.texts.push_back(not_found(id, Some(read.index))),
-        }
+        };
+        let Some(Reading {
+            manifest,
+            index,
+            hash,
+            done: Some(Some(data)),
+            ..
+        }) = self.reading.pop_front()
+        else {
+            return;
+        };
+        let header = PieceHeader {
+            index,
+            offset: 0,
+            chunk_len: data.len() as u32,
+            hash,
+        };
+        self.sending = Some(Sending {
+            manifest,
+            header,
+            data,
+            sent: 0,
+        });
     }
 
     /// The next thing to do. Call it only while the channel can take more (its buffered
     /// amount is low): each call yields at most one piece.
     pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(o) = self.poll_send() {
+            return Some(o);
+        }
+        self.poll_read().map(Output::Read)
+    }
+
+    /// The next chunk to read, if the read-ahead has room: a caller that reads while it
+    /// sends asks for these first (and as its own reads budget allows), then `poll_send`.
+    pub fn poll_read(&mut self) -> Option<ChunkRead> {
+        if self.reading.len() >= self.read_ahead {
+            return None;
+        }
+        let read = self.queue.pop_front()?;
+        self.reading.push_back(Reading {
+            manifest: read.manifest.id(),
+            index: read.index,
+            hash: read
+                .manifest
+                .chunk_hash(read.index)
+                .unwrap_or(Digest([0; 32])),
+            cancelled: false,
+            done: None,
+        });
+        Some(read)
+    }
+
+    /// The next text or piece to send, never a read. Same rule as `poll_output`.
+    pub fn poll_send(&mut self) -> Option<Output> {
         if let Some(t) = self.texts.pop_front() {
             return Some(Output::Text(t));
         }
+        self.next_to_send();
         if let Some(s) = &mut self.sending {
             let end = (s.sent + self.piece_size).min(s.data.len());
             let header = PieceHeader {
@@ -265,15 +346,6 @@ impl Seeder {
                 self.sending = None;
             }
             return Some(Output::Piece(frame));
-        }
-        if self.reading.is_none() {
-            let read = self.queue.pop_front()?;
-            self.reading = Some(Reading {
-                manifest: read.manifest.id(),
-                index: read.index,
-                cancelled: false,
-            });
-            return Some(Output::Read(read));
         }
         None
     }
@@ -365,6 +437,63 @@ mod tests {
         };
         assert_eq!(r.index, 0);
         assert_eq!(s.outstanding(), 1);
+    }
+
+    #[test]
+    fn reads_ahead_within_its_bound_and_sends_in_request_order() {
+        let (data, lib) = setup();
+        let bytes = |i: usize| data[i * 40..((i + 1) * 40).min(100)].to_vec();
+        let mut s = Seeder::new(4).with_read_ahead(2).with_piece_size(64);
+        for i in [2, 0, 1] {
+            s.handle_message(&req(&lib, i), &lib);
+        }
+        // Two reads at once, never a third, while nothing has come back.
+        let r2 = s.poll_read().unwrap();
+        let r0 = s.poll_read().unwrap();
+        assert_eq!((r2.index, r0.index), (2, 0));
+        assert!(s.poll_read().is_none());
+        assert!(s.poll_output().is_none());
+        assert_eq!(s.reads_held(), 2);
+        // The second read comes back first: it waits for the first, in request order.
+        s.chunk_read(&r0, Some(bytes(0)));
+        assert!(s.poll_send().is_none());
+        assert!(
+            s.poll_read().is_none(),
+            "a chunk back and waiting still holds its place"
+        );
+        s.chunk_read(&r2, Some(bytes(2)));
+        let Some(Output::Piece(p)) = s.poll_send() else {
+            panic!()
+        };
+        assert_eq!(PieceHeader::decode(&p).unwrap().0.index, 2);
+        // Chunk 2 is being sent: one place is free, and chunk 1's read is asked for.
+        assert_eq!(s.reads_held(), 1);
+        let r1 = s.poll_read().unwrap();
+        assert_eq!(r1.index, 1);
+        assert!(s.poll_read().is_none());
+        let Some(Output::Piece(p)) = s.poll_send() else {
+            panic!()
+        };
+        let (h, payload) = PieceHeader::decode(&p).unwrap();
+        assert_eq!((h.index, payload), (0, &data[..40]));
+        // A cancelled read still holds its place until its bytes are back, then frees it.
+        s.handle_message(
+            &Message::Cancel {
+                manifest: lib.0.id(),
+                index: 1,
+            },
+            &lib,
+        );
+        assert_eq!((s.outstanding(), s.reads_held()), (0, 1));
+        s.chunk_read(&r1, Some(bytes(1)));
+        assert_eq!(s.reads_held(), 0);
+        assert!(s.poll_output().is_none());
+        // A failed read says not_found and frees its place.
+        s.handle_message(&req(&lib, 1), &lib);
+        let r1 = s.poll_read().unwrap();
+        s.chunk_read(&r1, None);
+        assert_eq!(code(&text(s.poll_send())), ErrorCode::NotFound);
+        assert_eq!((s.outstanding(), s.reads_held()), (0, 0));
     }
 
     #[test]

@@ -1,20 +1,24 @@
 //! The box as a WebRTC peer: `rtc_offer`/`rtc_candidate`/`rtc_close` from `/ws` sockets
 //! (SPEC8 §3), the per-device and total peer limits, and the chunk protocol the box speaks
 //! on each `lanvan-chunks` channel as a source of its stored files. Never blocks the loop:
-//! chunk reads go to the disk thread, and a peer's channel is written only while it has room.
+//! chunk reads run off it (several at once, bounded per peer and in all, so the next chunks
+//! are read while one is sent), and a peer's channel is written only while it has room.
 
 use super::{Host, HostError, HostLimits, PeerId};
-use crate::core::chunks::seeder::{Handled, Output};
+use crate::core::chunks::seeder::{ChunkRead, Handled, Output};
 use crate::core::chunks::wire::PIECE_HEADER;
 use crate::core::chunks::{Message, Seeder};
 use crate::core::hub::ConnId;
 use crate::core::peer::{CloseReason, Identity, PeerError, PeerEvent, PeerLimits};
 use crate::net::server::App;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
 use smol::channel::Receiver;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -26,6 +30,10 @@ pub struct BoxPeers {
     pub host: Rc<Host>,
     per_device: usize,
     send_buffer: usize,
+    /// Chunk reads one peer may have asked for before their chunks are sent.
+    read_ahead: usize,
+    /// The same over all peers (`p2p.box_reads_in_flight`).
+    reads_budget: usize,
     sessions: RefCell<HashMap<PeerId, Session>>,
 }
 
@@ -97,6 +105,8 @@ impl BoxPeers {
                         host,
                         per_device: p.max_box_peers_per_device,
                         send_buffer: p.box_peer_send_buffer as usize,
+                        read_ahead: p.box_peer_read_ahead,
+                        reads_budget: p.box_reads_in_flight,
                         sessions: RefCell::default(),
                     },
                     events,
@@ -247,7 +257,7 @@ impl App {
                     Session {
                         conn,
                         name: session.to_string(),
-                        seeder: Seeder::new(MAX_REQUESTS),
+                        seeder: Seeder::new(MAX_REQUESTS).with_read_ahead(peers.read_ahead),
                         held: None,
                     },
                 );
@@ -291,21 +301,61 @@ impl App {
     }
 }
 
+/// A chunk read that came back: whose, which, and its bytes (None: it failed).
+type ReadDone = (PeerId, ChunkRead, Option<Vec<u8>>);
+
+/// The chunk reads running off the loop, and how many each peer has running (a peer that
+/// closed keeps counting against the budget until its reads are back).
+#[derive(Default)]
+struct Reads {
+    running: FuturesUnordered<Pin<Box<dyn Future<Output = ReadDone>>>>,
+    per_peer: HashMap<PeerId, usize>,
+}
+
 /// Serves the box's peers: runs the host and answers what each channel says, until the
-/// box stops. Events are taken one at a time, so one peer's chunk read finishes before the
-/// next event; while it waits, the host's bounded event queue holds the rest.
+/// box stops. Chunk reads run beside the events: when one comes back its peer (and any peer
+/// that waited for the reads budget) is served again.
 pub async fn serve(app: Rc<App>, events: Receiver<(PeerId, PeerEvent)>) {
     let Some(peers) = &app.rtc else { return };
     let runner = peers.host.clone().run();
     let handle = async {
-        while let Ok((id, event)) = events.recv().await {
-            on_event(&app, id, event).await;
+        let mut reads = Reads::default();
+        enum Next {
+            Event(Option<(PeerId, PeerEvent)>),
+            Read(ReadDone),
+        }
+        loop {
+            let running = &mut reads.running;
+            // Either may be ready; race picks fairly so neither starves the other.
+            let next = smol::future::race(async { Next::Event(events.recv().await.ok()) }, async {
+                match running.next().await {
+                    Some(done) => Next::Read(done),
+                    None => std::future::pending().await,
+                }
+            })
+            .await;
+            match next {
+                Next::Event(None) => return,
+                Next::Event(Some((id, event))) => on_event(&app, id, event, &mut reads).await,
+                Next::Read((id, read, bytes)) => {
+                    if let Some(n) = reads.per_peer.get_mut(&id) {
+                        *n -= 1;
+                        if *n == 0 {
+                            reads.per_peer.remove(&id);
+                        }
+                    }
+                    if let Some(s) = peers.sessions.borrow_mut().get_mut(&id) {
+                        s.seeder.chunk_read(&read, bytes);
+                    }
+                    pump_all(&app, peers, id, &mut reads);
+                }
+            }
         }
     };
     smol::future::or(runner, handle).await;
 }
 
-async fn on_event(app: &App, id: PeerId, event: PeerEvent) {
+async fn on_event(app: &Rc<App>, id: PeerId, event: PeerEvent, reads: &mut Reads) {
     let Some(peers) = &app.rtc else { return };
     match event {
         PeerEvent::Open => {
@@ -313,15 +363,16 @@ async fn on_event(app: &App, id: PeerId, event: PeerEvent) {
                 "role": "box", "max_requests": MAX_REQUESTS});
             let _ = peers.host.send_text(id, &hello.to_string());
         }
-        PeerEvent::Text(text) => on_text(app, peers, id, &text).await,
+        PeerEvent::Text(text) => on_text(app, peers, id, &text, reads).await,
         PeerEvent::Binary(_) => {
             let e = json!({"t": "error", "code": "bad_request",
                 "message": "the box takes no chunk pieces"});
             let _ = peers.host.send_text(id, &e.to_string());
         }
-        PeerEvent::Writable => pump(app, peers, id).await,
+        PeerEvent::Writable => pump_all(app, peers, id, reads),
         PeerEvent::Closed(reason) => {
-            if let Some(s) = peers.sessions.borrow_mut().remove(&id) {
+            let gone = peers.sessions.borrow_mut().remove(&id);
+            if let Some(s) = gone {
                 let msg =
                     json!({"type": "rtc_closed", "session": s.name, "reason": reason.as_str()});
                 app.send_to(s.conn, msg.to_string().into());
@@ -331,7 +382,7 @@ async fn on_event(app: &App, id: PeerId, event: PeerEvent) {
     }
 }
 
-async fn on_text(app: &App, peers: &BoxPeers, id: PeerId, text: &str) {
+async fn on_text(app: &Rc<App>, peers: &BoxPeers, id: PeerId, text: &str, reads: &mut Reads) {
     let msg = match Message::parse(text) {
         Ok(m) => m,
         Err(reply) => {
@@ -350,7 +401,7 @@ async fn on_text(app: &App, peers: &BoxPeers, id: PeerId, text: &str) {
         s.seeder.handle_message(&msg, &app.store)
     };
     match handled {
-        Handled::Consumed => pump(app, peers, id).await,
+        Handled::Consumed => pump(app, peers, id, reads),
         Handled::Flooded => {
             log::info!("box peer {id} asks without reading the answers: closing it");
             peers.host.close(id, CloseReason::Closed);
@@ -360,56 +411,104 @@ async fn on_text(app: &App, peers: &BoxPeers, id: PeerId, text: &str) {
     }
 }
 
-/// Sends what the peer's seeder has while its channel has room for a whole piece; reads
-/// chunks from the store (off the loop) as the seeder asks.
-async fn pump(app: &App, peers: &BoxPeers, id: PeerId) {
-    let piece = PIECE_HEADER + crate::core::chunks::wire::PIECE_PAYLOAD;
-    loop {
+/// Serves `first`, then every other peer: a chunk sent or a read back may have freed the
+/// reads budget another peer waits for.
+fn pump_all(app: &Rc<App>, peers: &BoxPeers, first: PeerId, reads: &mut Reads) {
+    pump(app, peers, first, reads);
+    let others: Vec<PeerId> = peers
+        .sessions
+        .borrow()
+        .keys()
+        .copied()
+        .filter(|id| *id != first)
+        .collect();
+    for id in others {
+        pump(app, peers, id, reads);
+    }
+}
+
+/// Chunks read or being read and not yet being sent, over every peer (closed ones too,
+/// until their reads are back): what `p2p.box_reads_in_flight` bounds.
+fn reads_held(peers: &BoxPeers, reads: &Reads) -> usize {
+    let sessions = peers.sessions.borrow();
+    let live: usize = sessions.values().map(|s| s.seeder.reads_held()).sum();
+    let orphans: usize = reads
+        .per_peer
+        .iter()
+        .filter(|(id, _)| !sessions.contains_key(id))
+        .map(|(_, n)| *n)
+        .sum();
+    live + orphans
+}
+
+/// Starts the reads the peer's seeder wants, sends what it has while its channel has room
+/// for a whole piece, then reads again for the room a chunk moving to sending made.
+fn pump(app: &Rc<App>, peers: &BoxPeers, id: PeerId, reads: &mut Reads) {
+    start_reads(app, peers, id, reads);
+    send(peers, id);
+    start_reads(app, peers, id, reads);
+}
+
+/// Asks for the reads the peer's seeder wants, within its read-ahead and the box's budget.
+fn start_reads(app: &Rc<App>, peers: &BoxPeers, id: PeerId, reads: &mut Reads) {
+    while reads_held(peers, reads) < peers.reads_budget {
         let next = {
             let mut sessions = peers.sessions.borrow_mut();
             let Some(s) = sessions.get_mut(&id) else {
                 return;
             };
-            if let Some(held) = s.held.take() {
-                let sent = match &held {
-                    Held::Text(t) => peers.host.send_text(id, t),
-                    Held::Piece(p) => peers.host.send_binary(id, p),
-                };
-                match sent {
-                    Ok(true) => continue,
-                    Ok(false) => {
-                        s.held = Some(held);
-                        return;
-                    }
-                    Err(_) => return,
-                }
-            }
-            if peers.host.buffered(id) + piece > peers.send_buffer {
-                return;
-            }
-            match s.seeder.poll_output() {
-                None => return,
-                Some(Output::Text(m)) => {
-                    let t = m.to_text();
-                    if let Ok(false) = peers.host.send_text(id, &t) {
-                        s.held = Some(Held::Text(t));
-                    }
-                    continue;
-                }
-                Some(Output::Piece(p)) => {
-                    if let Ok(false) = peers.host.send_binary(id, &p) {
-                        s.held = Some(Held::Piece(p));
-                    }
-                    continue;
-                }
-                Some(Output::Read(r)) => r,
-            }
+            s.seeder.poll_read()
         };
-        let bytes = app.store.read_chunk(&next.manifest, next.index).await.ok();
-        let mut sessions = peers.sessions.borrow_mut();
-        let Some(s) = sessions.get_mut(&id) else {
+        let Some(read) = next else { break };
+        *reads.per_peer.entry(id).or_default() += 1;
+        let app = app.clone();
+        reads.running.push(Box::pin(async move {
+            let bytes = app.store.read_chunk(&read.manifest, read.index).await.ok();
+            (id, read, bytes)
+        }));
+    }
+}
+
+/// Sends the peer's texts and pieces while its channel has room for a whole piece.
+fn send(peers: &BoxPeers, id: PeerId) {
+    let piece = PIECE_HEADER + crate::core::chunks::wire::PIECE_PAYLOAD;
+    let mut sessions = peers.sessions.borrow_mut();
+    let Some(s) = sessions.get_mut(&id) else {
+        return;
+    };
+    loop {
+        if let Some(held) = s.held.take() {
+            let sent = match &held {
+                Held::Text(t) => peers.host.send_text(id, t),
+                Held::Piece(p) => peers.host.send_binary(id, p),
+            };
+            match sent {
+                Ok(true) => continue,
+                Ok(false) => {
+                    s.held = Some(held);
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        if peers.host.buffered(id) + piece > peers.send_buffer {
             return;
-        };
-        s.seeder.chunk_read(&next, bytes);
+        }
+        match s.seeder.poll_send() {
+            None => return,
+            Some(Output::Text(m)) => {
+                let t = m.to_text();
+                if let Ok(false) = peers.host.send_text(id, &t) {
+                    s.held = Some(Held::Text(t));
+                }
+            }
+            Some(Output::Piece(p)) => {
+                if let Ok(false) = peers.host.send_binary(id, &p) {
+                    s.held = Some(Held::Piece(p));
+                }
+            }
+            // poll_send never asks for a read.
+            Some(Output::Read(_)) => return,
+        }
     }
 }

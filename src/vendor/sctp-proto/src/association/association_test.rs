@@ -3506,6 +3506,25 @@ fn test_data_retransmission_wraps_tsn() -> Result<()> {
 }
 
 #[test]
+fn test_lost_data_on_a_lan_is_resent_after_the_220ms_rto_floor() -> Result<()> {
+    let now = Instant::now();
+    assert_eq!(TransportConfig::default().rto_min_ms(), 220);
+    let mut a = association_with_inflight_data(10, now);
+    // Millisecond round trips: RTO is the floor.
+    for _ in 0..8 {
+        a.rto_mgr.set_new_rtt(1);
+    }
+    assert_eq!(a.rto_mgr.get_rto(), 220);
+    a.timers.start(Timer::T3RTX, now, a.rto_mgr.get_rto());
+    a.handle_timeout(now + Duration::from_millis(219));
+    assert!(!a.outbound_queue.may_retransmit(), "nothing resent before RTO");
+    a.handle_timeout(now + Duration::from_millis(220));
+    assert!(a.outbound_queue.may_retransmit(), "the lost data is resent at RTO");
+    assert_eq!(a.cwnd, a.mtu);
+    Ok(())
+}
+
+#[test]
 fn test_data_retransmission_walk_is_skipped_only_when_nothing_is_marked() -> Result<()> {
     let now = Instant::now();
     for cumulative_tsn in [10, u32::MAX - 1] {

@@ -246,3 +246,27 @@ fn calculate_next_timeout(rto: u64, n_rtos: usize, rto_max: u64) -> u64 {
         rto_max
     }
 }
+
+#[cfg(test)]
+mod rto_min_test {
+    use super::*;
+
+    #[test]
+    fn lan_round_trips_give_the_minimum_rto_which_outlasts_a_delayed_ack() {
+        let mut m = RtoManager::default();
+        assert_eq!(m.get_rto(), RTO_INITIAL);
+        for rtt in [1, 0, 2, 1, 1, 3, 1] {
+            m.set_new_rtt(rtt);
+        }
+        // Sub-millisecond to few-millisecond round trips (a LAN): the floor decides.
+        assert_eq!(m.get_rto(), RTO_MIN);
+        assert_eq!(RTO_MIN, 220);
+        // A peer may hold its SACK for ACK_INTERVAL; the T3-rtx timer must outlast that,
+        // or every delayed SACK would look like a loss.
+        assert!(RTO_MIN > ACK_INTERVAL);
+        // A long path still gets srtt + 4 * rttvar, not the floor.
+        let mut m = RtoManager::default();
+        m.set_new_rtt(300);
+        assert_eq!(m.get_rto(), 300 + 4 * 150);
+    }
+}
