@@ -239,12 +239,7 @@ async fn over_channel(
         );
     }
     let got = fetch::download(b, a, &id_for("get"), m, held, part).await?;
-    eprintln!(
-        "{label}: {} chunks over a data channel from {} source{} (the box)",
-        got.chunks,
-        got.sources,
-        if got.sources == 1 { "" } else { "s" }
-    );
+    eprintln!("{label}: {}", got.summary());
     let io = |e: std::io::Error| Failure::failed(format!("{}: {e}", part.display()));
     let mut file = std::fs::File::open(part).map_err(io)?;
     let mut hasher = Sha256::new();

@@ -57,11 +57,11 @@ struct Moved {
 }
 
 /// An SDP or candidate as the page sends it: a string, or an object with `sdp`/`candidate`.
-fn sdp_of(v: &Value) -> Option<&str> {
+pub(super) fn sdp_of(v: &Value) -> Option<&str> {
     v.as_str().or_else(|| v["sdp"].as_str())
 }
 
-fn candidate_of(v: &Value) -> Option<&str> {
+pub(super) fn candidate_of(v: &Value) -> Option<&str> {
     v.as_str().or_else(|| v["candidate"].as_str())
 }
 
