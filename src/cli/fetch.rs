@@ -4,12 +4,12 @@
 //! verified chunk at its offset in the `.part` file. Holds one chunk in memory at a time
 //! per source; never decides about falling back to HTTP (its caller does, from its error).
 
+use super::direct::{candidate_of, sdp_of};
 use super::link::{self, Failure, Incoming, Result, Session};
 use super::progress::Progress;
 use super::Get;
 use crate::core::chunks::{Bitfield, Event, Manifest, ManifestJson, Message, SourceId, Swarm};
 use crate::core::peer::{CloseReason, Identity, PeerEvent};
-use super::direct::{candidate_of, sdp_of};
 use crate::net::rtc::{Host, HostLimits, PeerId};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -259,9 +259,11 @@ impl Sources<'_> {
                 continue;
             }
             let name = s["name"].as_str().unwrap_or(device).to_string();
-            ws.send(&json!({"type": "p2p_request", "from": self.me, "to": device,
-                "purpose": "swarm", "manifest": manifest}))
-                .await?;
+            ws.send(
+                &json!({"type": "p2p_request", "from": self.me, "to": device,
+                "purpose": "swarm", "manifest": manifest}),
+            )
+            .await?;
             self.unanswered.push_back(device.to_string());
             self.channels.push(Channel {
                 name,
@@ -304,11 +306,7 @@ impl Sources<'_> {
                 self.drop_source(BOX, &why, true, swarm, ws, progress).await;
             }
             "error" if v["ref_type"] == "p2p_request" => {
-                if let Some(i) = self
-                    .unanswered
-                    .pop_front()
-                    .and_then(|d| self.by_device(&d))
-                {
+                if let Some(i) = self.unanswered.pop_front().and_then(|d| self.by_device(&d)) {
                     let why = v["message"].as_str().unwrap_or("refused").to_string();
                     self.drop_source(i, &why, false, swarm, ws, progress).await;
                 }
@@ -360,8 +358,7 @@ impl Sources<'_> {
                 let Some(i) = self.by_request(rid) else {
                     return Ok(());
                 };
-                let (Some(peer), Some(sdp)) = (self.channels[i].peer, sdp_of(&v["answer"]))
-                else {
+                let (Some(peer), Some(sdp)) = (self.channels[i].peer, sdp_of(&v["answer"])) else {
                     return Ok(());
                 };
                 if let Err(e) = self.host.accept_answer(peer, sdp) {
@@ -609,8 +606,7 @@ async fn run(
                         s.flush(swarm, ws, &mut progress).await?;
                         let why = format!("dropped: {}", reason.as_str());
                         let i = source.0 as usize;
-                        s.drop_source(i, &why, true, swarm, ws, &mut progress)
-                            .await;
+                        s.drop_source(i, &why, true, swarm, ws, &mut progress).await;
                     }
                     Event::Done => {}
                 }
@@ -623,7 +619,6 @@ async fn run(
             }
             if swarm.is_done() {
                 file.set_len(m.size()).map_err(io)?;
-                progress.set_note("");
                 progress.finish("");
                 for i in 0..s.channels.len() {
                     if s.channels[i].stage != Stage::Gone {
