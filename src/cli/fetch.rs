@@ -8,7 +8,9 @@ use super::direct::{candidate_of, sdp_of};
 use super::link::{self, Failure, Incoming, Result, Session};
 use super::progress::Progress;
 use super::Get;
-use crate::core::chunks::{Bitfield, Event, Manifest, ManifestJson, Message, SourceId, Swarm};
+use crate::core::chunks::{
+    Bitfield, DropReason, Event, Manifest, ManifestJson, Message, SourceId, Swarm,
+};
 use crate::core::peer::{CloseReason, Identity, PeerEvent};
 use crate::net::rtc::{Host, HostLimits, PeerId};
 use serde_json::{json, Value};
@@ -604,9 +606,15 @@ async fn run(
                     Event::SourceDropped { source, reason } => {
                         // What the swarm still has to say to it (`bad_data`) goes first.
                         s.flush(swarm, ws, &mut progress).await?;
-                        let why = format!("dropped: {}", reason.as_str());
+                        let why = match reason {
+                            DropReason::BadData => "it sent a chunk that failed its SHA-256",
+                            DropReason::Protocol => "it broke the chunk protocol",
+                            DropReason::NotFound => "it does not hold the file",
+                            DropReason::Stalled => "it stopped sending",
+                            DropReason::Refused => "it refused this download",
+                        };
                         let i = source.0 as usize;
-                        s.drop_source(i, &why, true, swarm, ws, &mut progress).await;
+                        s.drop_source(i, why, true, swarm, ws, &mut progress).await;
                     }
                     Event::Done => {}
                 }
