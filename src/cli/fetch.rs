@@ -33,6 +33,9 @@ const RTC_SESSION: &str = "get";
 /// Devices asked for chunks besides the box (as the page asks at most 4).
 const MAX_PEER_SOURCES: usize = 4;
 
+/// How long a source dropped for bad data keeps its channel, to read why.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// Text messages held for one channel that has no room for them; past this the source is
 /// not reading, and is dropped.
 const MAX_HELD: usize = 256;
@@ -168,6 +171,9 @@ struct Channel {
     /// Text messages the channel had no room for yet, in order (at most `MAX_HELD`).
     held: VecDeque<String>,
     chunks: u32,
+    /// A dropped source that is being told why (`bad_data`): its connection closes then,
+    /// so the message is not cut off by the close.
+    linger: Option<Instant>,
 }
 
 /// Everything one `get` juggles: the sources' channels, the swarm and the `/ws` session.
@@ -217,12 +223,37 @@ impl Sources<'_> {
         ws: &mut Session,
         progress: &mut Progress,
     ) {
+        self.drop_telling(i, why, loud, false, swarm, ws, progress)
+            .await
+    }
+
+    /// `drop_source`; with `telling`, the channel stays open for `LINGER` so what was just
+    /// sent on it (the swarm's `bad_data`) reaches the source before the close does.
+    #[allow(clippy::too_many_arguments)]
+    async fn drop_telling(
+        &mut self,
+        i: usize,
+        why: &str,
+        loud: bool,
+        telling: bool,
+        swarm: &mut Swarm,
+        ws: &mut Session,
+        progress: &mut Progress,
+    ) {
         let c = &mut self.channels[i];
         if c.stage == Stage::Gone {
+            if c.linger.is_some() && !telling {
+                self.close(i, ws).await;
+            }
             return;
         }
         let was_open = c.stage == Stage::Open;
-        self.close(i, ws).await;
+        if telling && was_open {
+            c.stage = Stage::Gone;
+            c.linger = Some(Instant::now() + LINGER);
+        } else {
+            self.close(i, ws).await;
+        }
         swarm.remove_source(SourceId(i as u64), Instant::now());
         if was_open || loud {
             progress.abandon();
@@ -236,6 +267,7 @@ impl Sources<'_> {
     async fn close(&mut self, i: usize, ws: &mut Session) {
         let c = &mut self.channels[i];
         c.stage = Stage::Gone;
+        c.linger = None;
         c.held.clear();
         if let Some(peer) = c.peer {
             self.host.close(peer, CloseReason::Closed);
@@ -276,6 +308,7 @@ impl Sources<'_> {
                 open_by: Instant::now() + PEER_OPEN_WAIT,
                 held: VecDeque::new(),
                 chunks: 0,
+                linger: None,
             });
         }
         Ok(())
@@ -490,6 +523,7 @@ async fn run(
                 open_by: Instant::now() + OPEN_WAIT,
                 held: VecDeque::new(),
                 chunks: 0,
+                linger: None,
             }],
             unanswered: VecDeque::new(),
             label,
@@ -508,6 +542,9 @@ async fn run(
             for c in s.channels.iter().filter(|c| c.stage != Stage::Open) {
                 if c.stage != Stage::Gone {
                     wake = wake.min(c.open_by);
+                }
+                if let Some(t) = c.linger {
+                    wake = wake.min(t);
                 }
             }
             enum Wake {
@@ -582,7 +619,9 @@ async fn run(
             let now = Instant::now();
             for i in 0..s.channels.len() {
                 let c = &s.channels[i];
-                if c.stage != Stage::Open && c.stage != Stage::Gone && now >= c.open_by {
+                if c.linger.is_some_and(|t| now >= t) {
+                    s.close(i, ws).await;
+                } else if c.stage != Stage::Open && c.stage != Stage::Gone && now >= c.open_by {
                     let wait = if i == BOX { OPEN_WAIT } else { PEER_OPEN_WAIT };
                     let why = format!("no channel within {} s", wait.as_secs());
                     s.drop_source(i, &why, i == BOX, swarm, ws, &mut progress)
@@ -614,7 +653,8 @@ async fn run(
                             DropReason::Refused => "it refused this download",
                         };
                         let i = source.0 as usize;
-                        s.drop_source(i, why, true, swarm, ws, &mut progress).await;
+                        s.drop_telling(i, why, true, true, swarm, ws, &mut progress)
+                            .await;
                     }
                     Event::Done => {}
                 }
@@ -629,7 +669,7 @@ async fn run(
                 file.set_len(m.size()).map_err(io)?;
                 progress.finish("");
                 for i in 0..s.channels.len() {
-                    if s.channels[i].stage != Stage::Gone {
+                    if s.channels[i].stage != Stage::Gone || s.channels[i].linger.is_some() {
                         s.close(i, ws).await;
                     }
                 }

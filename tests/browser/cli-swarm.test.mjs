@@ -122,3 +122,20 @@ test('CLI swarm: the page closing mid-download leaves the box to finish it', { t
   assert.match(done[3], /the box/);
   console.log(`# B left at "${atClose}"; ${done[0]}${/no longer a source.*/.exec(r.stderr)?.[0] ? `; ${/no longer a source.*/.exec(r.stderr)[0]}` : ''}`);
 });
+
+test('CLI swarm: a page sending damaged chunks is dropped and told so; the file arrives intact', { timeout: 240000 }, async () => {
+  const file = await storeFile(box, 'cli swarm lying 48MiB.bin', 48 * MiB + 77, 1414);
+  const b = await holder(file);
+  // The test hook: B flips a byte in every chunk it serves (its headers name the right hash).
+  await b.page.evaluate(() => { window.lanvan.swarm.corrupt = true; });
+  const path = join(out, 'lying.bin');
+  const r = await get(file, path, null).done;
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(sha256(readFileSync(path)), file.sha256, 'no damaged byte reached the file');
+  assert.match(r.stderr, new RegExp(`${b.name} is no longer a source \\(it sent a chunk that failed its SHA-256\\)`), r.stderr);
+  assert.match(r.stderr, new RegExp(`${file.chunks} chunks over a data channel from 1 source \\(the box\\)`), r.stderr);
+  assert.doesNotMatch(r.stderr, /over HTTP/, r.stderr);
+  // B was told why it was dropped.
+  await b.page.waitForFunction(() => window.lanvan.swarm.log.some((e) => e.event === 'dropped_by_peer'), null, { timeout: 5000 });
+  await b.context.close();
+});
