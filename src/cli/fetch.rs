@@ -285,7 +285,9 @@ impl Sources<'_> {
     /// Asks the devices the tracker named (at most `MAX_PEER_SOURCES`) for a chunk channel.
     async fn ask(&mut self, found: &Value, manifest: &str, ws: &mut Session) -> Result<()> {
         let sources = found["sources"].as_array().cloned().unwrap_or_default();
-        for s in sources.iter().take(MAX_PEER_SOURCES) {
+        // Counted over the whole download, gone ones too: a repeated answer adds no more.
+        let asked = self.channels.iter().filter(|c| c.device.is_some()).count();
+        for s in sources.iter().take(MAX_PEER_SOURCES.saturating_sub(asked)) {
             let Some(device) = s["device_id"].as_str().filter(|d| *d != self.me) else {
                 continue;
             };
