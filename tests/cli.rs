@@ -540,6 +540,14 @@ fn bad_input_gets_a_clear_message_and_exit_code() {
         text(&out.stderr)
     );
 
+    let out = t.run(&["share", src.join("missing.txt").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let out = t.run(&["get", "missing.bin"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

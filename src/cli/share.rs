@@ -59,7 +59,7 @@ enum Held {
 pub fn share(a: Share) -> Result<()> {
     let b = a.peer.locate()?;
     let file = std::fs::File::open(&a.file)
-        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", a.file.display())))?;
+        .map_err(|e| Failure::failed(format!("cannot read {}: {e}", a.file.display())))?;
     let label = a
         .file
         .file_name()
@@ -287,6 +287,9 @@ impl Downloader {
                         self.held = Some(held);
                     }
                     return;
+                }
+                if matches!(&held, Held::Piece(p) if is_last_piece(p)) {
+                    self.served += 1;
                 }
             }
             if host.buffered(peer) + PIECE > SEND_AHEAD {
