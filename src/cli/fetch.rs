@@ -697,3 +697,36 @@ async fn run(
     };
     smol::future::or(work, runner).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Fetched;
+
+    #[test]
+    fn the_last_line_names_each_source_and_its_chunks() {
+        let one = Fetched {
+            sources: vec![("the box".into(), 7)],
+            chunks: 7,
+        };
+        assert_eq!(
+            one.summary(),
+            "7 chunks over a data channel from 1 source (the box)"
+        );
+        let two = Fetched {
+            sources: vec![("the box".into(), 7), ("Anna laptop".into(), 14)],
+            chunks: 21,
+        };
+        assert_eq!(
+            two.summary(),
+            "21 chunks over data channels from 2 sources (the box: 7, Anna laptop: 14)"
+        );
+        let none = Fetched {
+            sources: Vec::new(),
+            chunks: 0,
+        };
+        assert_eq!(
+            none.summary(),
+            "0 chunks over a data channel from 0 sources"
+        );
+    }
+}
