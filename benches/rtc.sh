@@ -17,6 +17,8 @@
 # benches/rtc.mjs alone, for quick rounds or other builds (see docs/benchmarks.md):
 # BENCH_RTC_VARIANTS=after (one build), BENCH_RTC_BOX=0 / BENCH_RTC_PEER=0 (skip a part),
 # BENCH_RTC_LABELS="before=...,after=..." (name builds that differ by more than the patch).
+# 4. `lanvan get` from the box plus a page against the box alone (benches/cli-swarm.mjs):
+#    `BENCH_RTC_ONLY=cli bash benches/rtc.sh` (release box and CLI, BENCH_SWARM_MIB=64).
 # "Without" is built from a temporary copy of this tree minus the [patch.crates-io] stanza,
 # in its own target dir (${CARGO_TARGET_DIR}-unpatched, seeded from this one's release dir).
 set -euo pipefail
@@ -33,6 +35,15 @@ if [ "${BENCH_RTC_ONLY:-}" = multi ]; then
     echo "command: BENCH_RTC_ONLY=multi bash benches/rtc.sh  (BENCH_SWARM_MIB=${BENCH_SWARM_MIB:-64} BENCH_RTC_REPS=${BENCH_RTC_REPS:-3}), commit $(git rev-parse --short HEAD)"
     echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(/usr/bin/chromium --version 2>/dev/null | head -1)"
     LANVAN_BIN="$CARGO_TARGET_DIR/release/lanvan" bash scripts/netns-lan.sh node benches/swarm.mjs
+    exit 0
+fi
+
+if [ "${BENCH_RTC_ONLY:-}" = cli ]; then
+    log "building the box and CLI (release) into $CARGO_TARGET_DIR"
+    cargo build --release --quiet --bin lanvan >&2
+    echo "command: BENCH_RTC_ONLY=cli bash benches/rtc.sh  (BENCH_SWARM_MIB=${BENCH_SWARM_MIB:-64} BENCH_RTC_REPS=${BENCH_RTC_REPS:-3}), commit $(git rev-parse --short HEAD), load $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(/usr/bin/chromium --version 2>/dev/null | head -1)"
+    LANVAN_BIN="$CARGO_TARGET_DIR/release/lanvan" bash scripts/netns-lan.sh node benches/cli-swarm.mjs
     exit 0
 fi
 

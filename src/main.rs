@@ -51,6 +51,8 @@ enum Command {
     Send(lanvan::cli::Send),
     /// Wait for files sent to this terminal and save them.
     Receive(lanvan::cli::Receive),
+    /// Serve a local copy of a stored file to devices downloading it, until Ctrl-C.
+    Share(lanvan::cli::Share),
 }
 
 /// `lanvan discover`: exits 0 when a box (or the --host name) answered, 1 when none did.
@@ -147,6 +149,7 @@ fn main() -> ExitCode {
         Command::Put(a) => return exit(lanvan::cli::put::run(a)),
         Command::Send(a) => return exit(commands::send(a)),
         Command::Receive(a) => return exit(commands::receive(a)),
+        Command::Share(a) => return exit(lanvan::cli::share::share(a)),
         Command::Serve(s) => s.load().and_then(|(cfg, board)| {
             lanvan::logger::init(&cfg.log_level);
             log::info!("board: {} ({})", board.board.name, board.why);

@@ -7,6 +7,7 @@ mod common;
 use common::term::{file_sha, text, wait_line, Term};
 use common::{bin, pseudo_random, sha_hex, temp_dir, wait_exit, wait_for, Lanvan};
 use std::process::Command;
+use std::sync::mpsc;
 use std::time::Duration;
 
 #[test]
@@ -215,6 +216,151 @@ fn get_fetches_chunks_from_the_box_over_a_data_channel_and_falls_back_to_http() 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A device on `/ws` with P2P on that announced `manifest` and answers `lanvan get`'s swarm
+/// requests: declines them, or accepts and then never signals (a source that does not
+/// connect). Runs until `stop`, then a little longer for the request's end; returns every
+/// message it got. `ready` is told once its announce is in.
+fn holder(
+    addr: std::net::SocketAddr,
+    id: &'static str,
+    manifest: String,
+    accept: bool,
+    ready: mpsc::Sender<()>,
+    stop: mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<Vec<serde_json::Value>> {
+    use common::relay::{self, Ev};
+    use serde_json::json;
+    std::thread::spawn(move || {
+        let mut ws = relay::open(addr, id);
+        relay::send_json(&mut ws, json!({"type": "enable_p2p"}));
+        relay::send_json(
+            &mut ws,
+            json!({"type": "announce", "manifests": [manifest]}),
+        );
+        let mut seen = Vec::new();
+        let mut until: Option<std::time::Instant> = None;
+        loop {
+            let now = std::time::Instant::now();
+            if until.is_none() && stop.try_recv().is_ok() {
+                until = Some(now + Duration::from_secs(5));
+            }
+            if until.is_some_and(|u| now >= u) {
+                return seen;
+            }
+            let Some(Ev::Json(v)) = relay::read(&mut ws, now + Duration::from_millis(100)) else {
+                continue;
+            };
+            match v["type"].as_str().unwrap_or("") {
+                "announced" => ready.send(()).unwrap(),
+                "p2p_request_received" => {
+                    let answer = if accept { "p2p_accept" } else { "p2p_decline" };
+                    relay::send_json(
+                        &mut ws,
+                        json!({"type": answer, "from": v["from"], "to": id}),
+                    );
+                }
+                "p2p_connection_closed" | "p2p_connection_failed" if until.is_some() => {
+                    seen.push(v);
+                    return seen;
+                }
+                _ => {}
+            }
+            seen.push(v);
+        }
+    })
+}
+
+#[test]
+fn get_asks_the_devices_holding_the_file_and_carries_on_from_the_box_when_they_fail() {
+    let b = Lanvan::start("cli-get-swarm", &[]);
+    let t = Term::new(&b, "Term A");
+    let dir = temp_dir("cli-get-swarm-out", false);
+    let data = pseudo_random(12, 24 * 262_144 + 99);
+    assert_eq!(b.upload("shared.bin", &data).status, 201);
+    let manifest = b.get("/api/files/shared.bin/manifest").json()["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Two devices announce the file: one declines the CLI's request, one accepts and then
+    // never answers the offer.
+    let (ready_tx, ready) = mpsc::channel();
+    let (stop_no, stop_rx_no) = mpsc::channel();
+    let (stop_mute, stop_rx_mute) = mpsc::channel();
+    let no = holder(
+        b.addr,
+        "holder-no",
+        manifest.clone(),
+        false,
+        ready_tx.clone(),
+        stop_rx_no,
+    );
+    let mute = holder(
+        b.addr,
+        "holder-mute",
+        manifest.clone(),
+        true,
+        ready_tx,
+        stop_rx_mute,
+    );
+    for _ in 0..2 {
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("announced");
+    }
+    let out = t.run(&["get", "shared.bin", "-o", dir.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    stop_no.send(()).unwrap();
+    stop_mute.send(()).unwrap();
+    let (no, mute) = (no.join().unwrap(), mute.join().unwrap());
+    assert!(out.status.success(), "{err}");
+    assert_eq!(file_sha(&dir.join("shared.bin")), sha_hex(&data));
+    assert!(
+        err.contains("25 chunks over a data channel from 1 source (the box)"),
+        "{err}"
+    );
+    assert!(!err.contains("over HTTP"), "{err}");
+    // Each holder was asked, for this file, as a chunk source.
+    for seen in [&no, &mute] {
+        let asked: Vec<_> = seen
+            .iter()
+            .filter(|v| v["type"] == "p2p_request_received")
+            .collect();
+        assert_eq!(asked.len(), 1, "{seen:?}");
+        assert_eq!(asked[0]["purpose"], "swarm");
+        assert_eq!(asked[0]["manifest"], manifest.as_str());
+    }
+    // The one that accepted and went silent was let go, not left waiting.
+    let ended = mute
+        .iter()
+        .filter(|v| v["type"] == "p2p_connection_closed" || v["type"] == "p2p_connection_failed")
+        .count();
+    assert_eq!(ended, 1, "{mute:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn get_falls_back_to_http_when_the_box_refuses_its_websocket() {
+    let b = Lanvan::start("cli-get-no-ws", &["ws.max_devices=1"]);
+    let dir = temp_dir("cli-get-no-ws-out", false);
+    let data = pseudo_random(13, 3 * 262_144 + 5);
+    assert_eq!(b.upload("full.bin", &data).status, 201);
+    // The one device the box takes is here already.
+    let _other = common::relay::open(b.addr, "the-only-one");
+    let t = Term::new(&b, "Term A");
+    let target = dir.join("full.bin");
+    let out = t.run(&["get", "full.bin", "-o", target.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let fallbacks: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("downloading over HTTP"))
+        .collect();
+    assert_eq!(fallbacks.len(), 1, "{err}");
+    assert!(fallbacks[0].contains("refused"), "{err}");
+    assert_eq!(file_sha(&target), sha_hex(&data));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn send_reaches_lanvan_receive_through_the_relay() {
     let b = Lanvan::start("cli-relay", &[]);
@@ -292,6 +438,14 @@ fn bad_input_gets_a_clear_message_and_exit_code() {
         "--to",
         "x",
     ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = t.run(&["share", src.join("missing.txt").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("cannot read"),

@@ -239,12 +239,7 @@ async fn over_channel(
         );
     }
     let got = fetch::download(b, a, &id_for("get"), m, held, part).await?;
-    eprintln!(
-        "{label}: {} chunks over a data channel from {} source{} (the box)",
-        got.chunks,
-        got.sources,
-        if got.sources == 1 { "" } else { "s" }
-    );
+    eprintln!("{label}: {}", got.summary());
     let io = |e: std::io::Error| Failure::failed(format!("{}: {e}", part.display()));
     let mut file = std::fs::File::open(part).map_err(io)?;
     let mut hasher = Sha256::new();
@@ -471,16 +466,15 @@ pub fn send(a: Send) -> Result<()> {
                 eprintln!("sending {what} to {whom}, directly (P2P) if it can");
                 let run = rtc.host.clone().run();
                 let me_name = a.peer.name();
-                let work = super::direct::send(
-                    &mut s,
-                    &mut rtc,
-                    &to,
-                    &file,
-                    &name,
+                let out = relay::Outgoing {
+                    to: &to,
+                    file: &file,
+                    name: &name,
                     size,
-                    &me_name,
-                    &mut progress,
-                );
+                    my_name: &me_name,
+                    progress: &mut progress,
+                };
+                let work = super::direct::send(&mut s, &mut rtc, out);
                 smol::future::or(work, async {
                     run.await;
                     Err(Failure::failed("the WebRTC host stopped"))
@@ -489,16 +483,16 @@ pub fn send(a: Send) -> Result<()> {
             }
             Err(why) => {
                 eprintln!("sending {what} to {whom} through the box ({why})");
-                relay::send(
-                    &mut s,
-                    &to,
-                    &file,
-                    &name,
+                let me_name = a.peer.name();
+                let mut out = relay::Outgoing {
+                    to: &to,
+                    file: &file,
+                    name: &name,
                     size,
-                    Continue::fresh(),
-                    &mut progress,
-                )
-                .await
+                    my_name: &me_name,
+                    progress: &mut progress,
+                };
+                relay::send(&mut s, &mut out, Continue::fresh()).await
             }
         };
         s.close().await;

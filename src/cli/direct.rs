@@ -6,7 +6,7 @@
 
 use super::link::{Failure, Incoming, Result, Session};
 use super::progress::Progress;
-use super::relay::{self, Continue, Sent};
+use super::relay::{self, Continue, Outgoing, Sent};
 use super::transfer::{DirectReceive, DirectSend, SendEvent};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -57,11 +57,11 @@ struct Moved {
 }
 
 /// An SDP or candidate as the page sends it: a string, or an object with `sdp`/`candidate`.
-fn sdp_of(v: &Value) -> Option<&str> {
+pub(super) fn sdp_of(v: &Value) -> Option<&str> {
     v.as_str().or_else(|| v["sdp"].as_str())
 }
 
-fn candidate_of(v: &Value) -> Option<&str> {
+pub(super) fn candidate_of(v: &Value) -> Option<&str> {
     v.as_str().or_else(|| v["candidate"].as_str())
 }
 
@@ -119,29 +119,20 @@ async fn request(s: &mut Session, to: &str, name: &str) -> std::result::Result<S
     }
 }
 
-/// Sends `file` to `to` over a direct channel made by `rtc`, falling back to the relay.
-#[allow(clippy::too_many_arguments)]
-pub async fn send(
-    s: &mut Session,
-    rtc: &mut impl Rtc,
-    to: &str,
-    file: &File,
-    name: &str,
-    size: u64,
-    my_name: &str,
-    progress: &mut Progress,
-) -> Result<Sent> {
-    let from = match try_direct(s, rtc, to, file, name, size, my_name, progress).await {
+/// Sends `out.file` to `out.to` over a direct channel made by `rtc`, falling back to the
+/// relay.
+pub async fn send(s: &mut Session, rtc: &mut impl Rtc, mut out: Outgoing<'_>) -> Result<Sent> {
+    let from = match try_direct(s, rtc, &mut out).await {
         Ok(sent) => return Ok(sent),
         Err(Ok(moved)) => {
-            progress.abandon();
-            eprintln!("{name}: P2P failed ({}), using the box", moved.why);
+            out.progress.abandon();
+            eprintln!("{}: P2P failed ({}), using the box", out.name, moved.why);
             *moved.from
         }
         Err(Err(failure)) => return Err(failure),
     };
     rtc.close();
-    relay::send(s, to, file, name, size, from, progress).await
+    relay::send(s, &mut out, from).await
 }
 
 /// One thing to act on in the send loop.
@@ -153,17 +144,9 @@ enum Ev {
 
 type Direct = std::result::Result<Sent, std::result::Result<Moved, Failure>>;
 
-#[allow(clippy::too_many_arguments)]
-async fn try_direct(
-    s: &mut Session,
-    rtc: &mut impl Rtc,
-    to: &str,
-    file: &File,
-    name: &str,
-    size: u64,
-    my_name: &str,
-    progress: &mut Progress,
-) -> Direct {
+async fn try_direct(s: &mut Session, rtc: &mut impl Rtc, out: &mut Outgoing<'_>) -> Direct {
+    let (to, file, name, size, my_name) = (out.to, out.file, out.name, out.size, out.my_name);
+    let progress = &mut *out.progress;
     let fresh = |why: String| {
         Err(Ok(Moved {
             why,

@@ -1,4 +1,5 @@
-//! The `lanvan` command line as a peer of a box: `ls`, `clip`, `get`, `put`, `send`, `receive`.
+//! The `lanvan` command line as a peer of a box: `ls`, `clip`, `get`, `put`, `send`,
+//! `receive`, `share`.
 //! Each command finds the box (`--box`, `LANVAN_BOX`, else mDNS), runs on a small smol
 //! loop of its own, and exits 0 (done), 1 (failed) or 2 (usage). Never runs a box.
 
@@ -9,6 +10,7 @@ pub mod link;
 pub mod progress;
 pub mod put;
 pub mod relay;
+pub mod share;
 pub mod transfer;
 pub mod webrtc;
 
@@ -116,6 +118,16 @@ pub struct Receive {
     /// Take files through the box's relay only: do not offer direct (P2P) connections.
     #[arg(long)]
     pub relay: bool,
+}
+
+/// `lanvan share`.
+#[derive(Args, Debug)]
+pub struct Share {
+    #[command(flatten)]
+    pub peer: Peer,
+    /// The file to serve: a copy of a file stored on the box (the same bytes), whose chunks
+    /// devices downloading it may then fetch from this terminal too.
+    pub file: PathBuf,
 }
 
 /// Runs a peer command to its exit code; errors are printed as `lanvan: …`.

@@ -95,6 +95,8 @@ pub struct Progress {
     quiet: bool,
     done: u64,
     drawn: bool,
+    /// Shown after the figures (`2 sources`); empty for none.
+    note: String,
 }
 
 impl Progress {
@@ -109,6 +111,7 @@ impl Progress {
             quiet,
             done: 0,
             drawn: false,
+            note: String::new(),
         }
     }
 
@@ -136,6 +139,19 @@ impl Progress {
         self.draw(false);
     }
 
+    /// Sets the note shown after the figures (e.g. `2 sources`). A change is drawn at
+    /// once, so a piped log gets a line for each change, not only every few seconds.
+    pub fn set_note(&mut self, note: &str) {
+        if self.note == note {
+            return;
+        }
+        self.note = note.to_string();
+        if !self.quiet {
+            self.last = Some(Instant::now());
+            self.draw(false);
+        }
+    }
+
     fn draw(&mut self, last: bool) {
         let elapsed = self.start.elapsed();
         let (done, total) = (
@@ -145,15 +161,24 @@ impl Progress {
         let mut err = std::io::stderr().lock();
         if self.tty {
             let line = bar_line(&self.label, done, total, elapsed);
-            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = write!(err, "\r\x1b[2K{line}{}", self.suffix());
             if last {
                 let _ = writeln!(err);
             }
             self.drawn = true;
         } else {
-            let _ = writeln!(err, "{}", plain_line(&self.label, done, total, elapsed));
+            let line = plain_line(&self.label, done, total, elapsed);
+            let _ = writeln!(err, "{line}{}", self.suffix());
         }
         let _ = err.flush();
+    }
+
+    fn suffix(&self) -> String {
+        if self.note.is_empty() {
+            String::new()
+        } else {
+            format!(" · {}", self.note)
+        }
     }
 
     /// The final line, with `note` (e.g. "done, SHA-256 ok").

@@ -65,16 +65,24 @@ pub fn read_chunk(file: &File, size: u64, chunk_size: u64, index: u32) -> Result
     Ok(buf)
 }
 
-/// Sends `file` (`size` bytes) to device `to` as `name` through the relay.
-pub async fn send(
-    s: &mut Session,
-    to: &str,
-    file: &File,
-    name: &str,
-    size: u64,
-    mut from: Continue,
-    progress: &mut Progress,
-) -> Result<Sent> {
+/// One file on its way to a device: what a send (direct or through the relay) needs
+/// besides the box's session.
+pub struct Outgoing<'a> {
+    /// The receiving device's id.
+    pub to: &'a str,
+    pub file: &'a File,
+    /// The name it arrives under.
+    pub name: &'a str,
+    pub size: u64,
+    /// This terminal's name, shown with a P2P request.
+    pub my_name: &'a str,
+    pub progress: &'a mut Progress,
+}
+
+/// Sends `out.file` to device `out.to` through the relay, from where `from` says.
+pub async fn send(s: &mut Session, out: &mut Outgoing<'_>, mut from: Continue) -> Result<Sent> {
+    let (to, file, name, size) = (out.to, out.file, out.name, out.size);
+    let progress = &mut *out.progress;
     let mut offer = json!({"type": "relay_offer", "to": to, "name": name, "size": size});
     if from.start_chunk > 0 {
         offer["start_chunk"] = json!(from.start_chunk);

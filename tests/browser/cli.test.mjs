@@ -5,12 +5,11 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import {
-  startLan, udpCutter, openApp, makeFile, sha256, tempDir, waitFor, BIN,
+  startLan, udpCutter, openApp, makeFile, sha256, tempDir, runCli,
 } from './harness.mjs';
 
 const MiB = 1 << 20;
@@ -35,28 +34,9 @@ after(async () => {
   rmSync(state, { recursive: true, force: true });
 });
 
-/** Runs `lanvan ARGS` as the terminal "CLI test"; resolves to {code, stdout, stderr}. */
-function cli(args, { withBox = true, timeout = 120000, onStderr } = {}) {
-  const all = withBox ? [...args, '--box', origin] : args;
-  const env = { ...process.env, XDG_STATE_HOME: state };
-  delete env.LANVAN_BOX;
-  const proc = spawn(BIN, [...all, '--name', 'CLI test'], {
-    env,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  proc.stdout.on('data', (d) => { stdout += d; });
-  proc.stderr.on('data', (d) => {
-    stderr += d;
-    if (process.env.LANVAN_TEST_LOG) process.stderr.write(`[cli] ${d}`);
-    onStderr?.(stderr);
-  });
-  const done = new Promise((res, rej) => {
-    const t = setTimeout(() => { proc.kill('SIGKILL'); rej(new Error(`lanvan ${args.join(' ')} ran over ${timeout} ms:\n${stderr}`)); }, timeout);
-    proc.on('exit', (code) => { clearTimeout(t); res({ code, stdout, stderr }); });
-  });
-  return { proc, done };
+/** Runs `lanvan ARGS` as the terminal "CLI test" (harness `runCli`), by default with `--box`. */
+function cli(args, { withBox = true, ...opts } = {}) {
+  return runCli(args, { box: withBox ? origin : null, state, ...opts });
 }
 
 /** A page with P2P chosen; resolves to it and its device id. */

@@ -208,3 +208,58 @@ export function udpCutter(table) {
     uncut: () => nft(['delete', 'table', 'inet', table], true),
   };
 }
+
+/**
+ * Runs the `lanvan` command line: `runCli(['get', 'a.bin'], {box, state})` with `--box` set
+ * to `box` (unless null: mDNS), `--name`, and `XDG_STATE_HOME` = `state` (its device id).
+ * Returns `{proc, done}`; `done` resolves to `{code, stdout, stderr}`; `onStderr(all)` sees
+ * stderr as it grows. Killed after `timeout` ms.
+ */
+export function runCli(args, { box, state, name = 'CLI test', timeout = 120000, onStderr } = {}) {
+  const all = box ? [...args, '--box', box] : args;
+  const env = { ...process.env, XDG_STATE_HOME: state };
+  delete env.LANVAN_BOX;
+  const proc = spawn(BIN, [...all, '--name', name], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  proc.stdout.on('data', (d) => { stdout += d; });
+  proc.stderr.on('data', (d) => {
+    stderr += d;
+    if (process.env.LANVAN_TEST_LOG) process.stderr.write(`[cli] ${d}`);
+    onStderr?.(stderr);
+  });
+  const done = new Promise((res, rej) => {
+    const t = setTimeout(() => { proc.kill('SIGKILL'); rej(new Error(`lanvan ${args.join(' ')} ran over ${timeout} ms:\n${stderr}`)); }, timeout);
+    proc.on('exit', (code) => { clearTimeout(t); res({ code, stdout, stderr }); });
+  });
+  return { proc, done };
+}
+
+/**
+ * Stores `size` pseudo-random bytes (`seed`) on the box as `name`, as the app uploads
+ * (create, chunks with their SHA-256, finish). Resolves to `{name, size, sha256, chunks}`,
+ * `chunks` being the chunk count of its manifest (the chunk protocol's chunks).
+ */
+export async function storeFile(box, name, size, seed) {
+  const data = fillRandom(new Uint8Array(size), seed);
+  const hash = sha256(data);
+  let r = await fetch(`${box.url}/api/uploads`, {
+    method: 'POST', body: JSON.stringify({ name, size, sha256: hash, device_id: 'test-store' }),
+  });
+  const st = await r.json();
+  if (r.status !== 201 && r.status !== 200) throw new Error(`create ${name}: ${r.status} ${JSON.stringify(st)}`);
+  if (!st.complete) {
+    for (let i = 0; i < st.chunks; i++) {
+      const chunk = data.subarray(i * st.chunk_size, (i + 1) * st.chunk_size);
+      r = await fetch(`${box.url}/api/uploads/${st.id}/chunks/${i}`, {
+        method: 'PUT', body: chunk, headers: { 'x-chunk-sha256': sha256(chunk) },
+      });
+      if (r.status !== 200) throw new Error(`${name}: chunk ${i}: ${r.status}`);
+    }
+    r = await fetch(`${box.url}/api/uploads/${st.id}/finish`, { method: 'POST' });
+    if (r.status !== 201) throw new Error(`${name}: finish: ${r.status}`);
+  }
+  r = await fetch(`${box.url}/api/files/${encodeURIComponent(name)}/manifest`);
+  if (r.status !== 200) throw new Error(`${name}: manifest: ${r.status}`);
+  return { name, size, sha256: hash, chunks: (await r.json()).chunks.length };
+}
