@@ -417,24 +417,25 @@ pub fn find_device(devices: &[Value], want: &str, me: &str) -> Result<Value> {
     }
 }
 
-pub fn send(a: Send) -> Result<()> {
-    let file = std::fs::File::open(&a.file)
-        .map_err(|e| Failure::failed(format!("cannot read {}: {e}", a.file.display())))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Failure::failed(format!("cannot read {}: {e}", a.file.display())))?;
+/// Opens a local file to send or upload: the open file, its size and its own name.
+/// A folder or an unreadable path is a plain failure (exit 1), said once here.
+pub fn open_local(path: &std::path::Path) -> Result<(std::fs::File, u64, String)> {
+    let cannot =
+        |e: std::io::Error| Failure::failed(format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
     if !meta.is_file() {
-        return Err(Failure::failed(format!(
-            "{} is not a file",
-            a.file.display()
-        )));
+        return Err(Failure::failed(format!("{} is not a file", path.display())));
     }
-    let size = meta.len();
-    let name = a
-        .file
+    let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
+    Ok((file, meta.len(), name))
+}
+
+pub fn send(a: Send) -> Result<()> {
+    let (file, size, name) = open_local(&a.file)?;
     let b = a.peer.locate()?;
     smol::block_on(async {
         let me = id_for("send");

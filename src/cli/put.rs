@@ -39,28 +39,13 @@ const PIECE: usize = 64 * 1024;
 const CHUNK_TRIES: u32 = 3;
 
 pub fn run(a: Put) -> Result<()> {
-    let file = std::fs::File::open(&a.file)
-        .map_err(|e| Failure::failed(format!("cannot read {}: {e}", a.file.display())))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Failure::failed(format!("cannot read {}: {e}", a.file.display())))?;
-    if !meta.is_file() {
-        return Err(Failure::failed(format!(
-            "{} is not a file",
-            a.file.display()
-        )));
-    }
-    let size = meta.len();
+    let (file, size, own_name) = super::commands::open_local(&a.file)?;
     let name = match &a.stored_as {
         Some(n) if n.trim().is_empty() => {
             return Err(Failure::Usage("--as needs a file name".into()))
         }
         Some(n) => n.clone(),
-        None => a
-            .file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "file".into()),
+        None => own_name,
     };
     let b = a.peer.locate()?;
     smol::block_on(async {
