@@ -14,5 +14,5 @@ export LANVAN_BIN="$CARGO_TARGET_DIR/debug/lanvan"
 mkdir -p test-artifacts
 # The P2P, CLI and swarm tests need a network namespace of their own: scripts/test-p2p.sh
 # and scripts/test-rtc.sh run them.
-node --test --test-concurrency=1 $(ls tests/browser/*.test.mjs | grep -v -e '/p2p' -e '/cli\.test' -e '/swarm\.test')
+node --test --test-concurrency=1 $(ls tests/browser/*.test.mjs | grep -v -e '/p2p' -e '/cli\.test' -e '/cli-swarm\.test' -e '/swarm\.test')
 echo "browser test artifacts (screenshots): $PWD/test-artifacts"
