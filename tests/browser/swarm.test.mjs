@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { startLan, udpCutter, openApp, fillRandom, sha256, waitFor, ARTIFACTS } from './harness.mjs';
+import { startLan, udpCutter, openApp, storeFile, sha256, waitFor, ARTIFACTS } from './harness.mjs';
 
 const MiB = 1 << 20;
 const ADDR = process.env.LANVAN_LAN_ADDR;
@@ -37,27 +37,7 @@ after(async () => {
 });
 
 /** Stores `size` pseudo-random bytes on the box as `name`, the way the app uploads. */
-async function store(name, size, seed) {
-  const data = fillRandom(new Uint8Array(size), seed);
-  const hash = sha256(data);
-  let r = await fetch(`${box.url}/api/uploads`, {
-    method: 'POST', body: JSON.stringify({ name, size, sha256: hash, device_id: 'swarm-test' }),
-  });
-  const st = await r.json();
-  assert.ok(r.status === 201 || r.status === 200, `create ${name}: ${r.status} ${JSON.stringify(st)}`);
-  if (!st.complete) {
-    for (let i = 0; i < st.chunks; i++) {
-      const chunk = data.subarray(i * st.chunk_size, (i + 1) * st.chunk_size);
-      r = await fetch(`${box.url}/api/uploads/${st.id}/chunks/${i}`, {
-        method: 'PUT', body: chunk, headers: { 'x-chunk-sha256': sha256(chunk) },
-      });
-      assert.equal(r.status, 200, `chunk ${i}`);
-    }
-    r = await fetch(`${box.url}/api/uploads/${st.id}/finish`, { method: 'POST' });
-    assert.equal(r.status, 201);
-  }
-  return { name, size, sha256: hash, chunks: Math.ceil(size / 262144) };
-}
+const store = (name, size, seed) => storeFile(box, name, size, seed);
 
 /** A device (a fresh browser context) with the transfer mode on P2P and P2P enabled. */
 async function device() {
